@@ -1,0 +1,29 @@
+# Every target creates .venv with the pinned CI set when it is missing (or out of date).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test lab lint clean
+
+$(STAMP): requirements-ci.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-ci.txt
+	touch $@
+
+## demo: the main job on the embedded default (executes the notebooks, writes HTML copies)
+demo: $(STAMP)
+	PLOTLY_RENDERER=plotly_mimetype+notebook $(BIN)/jupyter nbconvert --to html --execute --output-dir build/notebooks notebooks/*.ipynb
+	@echo "Executed notebooks written to $(CURDIR)/build/notebooks/"
+
+## test: lint, unit tests and the notebooks (nbval) in one pytest run
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
+
+## lab: JupyterLab on notebooks/, on 127.0.0.1 only, with token authentication
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""Deployment form: ``fold`` computes each child's static weight once, ``unfold`` undoes it.
+
+Training recomputes ``parent * (1 + f) * (1 + s)`` on every forward pass, because all three
+factors are learning. At inference they are constants, so :func:`fold` caches the product
+in each child and, when asked, also folds the BatchNorm that follows the child into that
+cached weight and a bias. The dynamic gate stays: it depends on the input, and it scales
+the input, so it commutes with everything folded into the kernel.
+
+Which BatchNorm follows a child is read from the module structure:
+
+* the next module in the same ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``,
+  kdna's own layouts), or
+* the sibling attribute named like the child with ``conv`` replaced by ``bn``
+  (``conv2`` -> ``bn2``, ``conv`` -> ``bn``), as in torchvision's ResNet blocks.
+
+A folded BatchNorm is swapped for a :class:`FoldedNorm` placeholder that keeps the original
+module, so :func:`unfold` puts it back and the model is exactly what it was.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import pairwise
+
+from torch import Tensor, nn
+
+from kdna.nn import ChildConv2d
+
+__all__ = ["FoldedNorm", "fold", "unfold"]
+
+
+class FoldedNorm(nn.Module):
+    """Stands where a BatchNorm was folded into the child before it: passes input through."""
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _children_of(model: nn.Module, verb: str) -> list[ChildConv2d]:
+    children = [m for m in model.modules() if isinstance(m, ChildConv2d)]
+    if not children:
+        raise ValueError(
+            f"{type(model).__name__} contains no ChildConv2d to {verb}; convert it first "
+            "(kdna.convert) or build it from kdna.nn modules"
+        )
+    return children
+
+
+def _norm_name(child_name: str) -> str | None:
+    match = re.fullmatch(r"conv(.*)", child_name)
+    return f"bn{match.group(1)}" if match else None
+
+
+def following_norms(model: nn.Module) -> dict[ChildConv2d, tuple[nn.Module, str]]:
+    """Map each child to ``(container, attribute)`` of the BatchNorm2d that follows it."""
+    found: dict[ChildConv2d, tuple[nn.Module, str]] = {}
+    for container in model.modules():
+        named = list(container.named_children())
+        if isinstance(container, nn.Sequential):
+            pairs = [(m, nxt) for (_, m), nxt in pairwise(named)]
+        else:
+            siblings = dict(named)
+            pairs = [(m, (_norm_name(name), siblings.get(_norm_name(name) or "")))
+                     for name, m in named]
+        for module, (norm_name, norm) in pairs:
+            if (isinstance(module, ChildConv2d) and isinstance(norm, nn.BatchNorm2d)
+                    and norm.num_features == module.out_channels):
+                found[module] = (container, norm_name)
+    return found
+
+
+def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
+    """Put ``model`` in its deployment form, in place, and return it.
+
+    Each :class:`ChildConv2d` caches its static weight; with ``batchnorm=True`` the
+    BatchNorm2d that follows a child (see the module docstring) is folded in as well and
+    replaced by a :class:`FoldedNorm`. The model is switched to eval mode: folded weights
+    use the BatchNorm running statistics and do not train (a folded child refuses to run
+    in training mode). :func:`unfold` restores the trainable form exactly.
+    """
+    children = _children_of(model, "fold")
+    if any(child.is_folded for child in children):
+        raise RuntimeError("model is already folded; call kdna.unfold(model) first")
+    norms = following_norms(model) if batchnorm else {}
+    model.eval()
+    for child in children:
+        slot = norms.get(child)
+        child.fold(getattr(*slot) if slot else None)
+    for container, name in norms.values():
+        setattr(container, name, FoldedNorm(getattr(container, name)))
+    return model
+
+
+def unfold(model: nn.Module) -> nn.Module:
+    """Undo :func:`fold` in place (a no-op for children that are not folded); returns ``model``."""
+    children = _children_of(model, "unfold")
+    for container in list(model.modules()):
+        for name, module in list(container.named_children()):
+            if isinstance(module, FoldedNorm):
+                setattr(container, name, module.norm)
+    for child in children:
+        child.unfold()
+    return model
