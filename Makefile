@@ -23,7 +23,8 @@ test: $(STAMP)
 
 ## lab: JupyterLab on notebooks/, on 127.0.0.1 only, with token authentication
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -13,6 +13,9 @@ Which BatchNorm follows a child is read from the module structure:
 * the sibling attribute named like the child with ``conv`` replaced by ``bn``
   (``conv2`` -> ``bn2``, ``conv`` -> ``bn``), as in torchvision's ResNet blocks.
 
+The rule assumes the usual post-norm order (convolution, then BatchNorm); for a
+pre-activation network, whose ``bn1`` comes *before* ``conv1``, use ``batchnorm=False``.
+
 A folded BatchNorm is swapped for a :class:`FoldedNorm` placeholder that keeps the original
 module, so :func:`unfold` puts it back and the model is exactly what it was.
 """
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 
 from kdna.nn import ChildConv2d
 
-__all__ = ["FoldedNorm", "fold", "unfold"]
+__all__ = ["FoldedNorm", "fold", "following_norms", "unfold"]
 
 
 class FoldedNorm(nn.Module):

@@ -47,6 +47,13 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
         )
 
 
+def _check_padding(padding: object, stride: object) -> None:
+    if isinstance(padding, str) and (padding not in ("same", "valid")
+                                     or (padding == "same" and _pair(stride) != (1, 1))):
+        raise ValueError(f"padding {padding!r} must be an int, a pair, 'valid', or 'same' with "
+                         f"stride 1 (got stride {stride})")
+
+
 class ParentKernel(nn.Module):
     """A convolution kernel that several :class:`ChildConv2d` share.
 
@@ -187,9 +194,11 @@ class ChildConv2d(nn.Module):
     Args:
         parent: a :class:`ParentKernel`, or an ``nn.Conv2d`` whose kernel the child shares
             (the paper's layouts use a dense convolution as the parent of the children
-            around it). It becomes a submodule of the child, so ``.to()``, ``deepcopy`` and
-            ``state_dict`` keep it shared; ``parameters()`` counts it once.
-        gate_reduction: the gate's reduction ratio ``r``, or ``None`` for no dynamic gate.
+            around it). Only the kernel is shared, not a parent convolution's bias. The parent
+            becomes a submodule of the child, so ``.to()``, ``deepcopy`` and ``state_dict``
+            keep it shared; ``parameters()`` counts it once.
+        gate_reduction: the gate's reduction ratio ``r`` (its hidden layer has
+            ``max(1, in_channels // r)`` units), or ``None`` for no dynamic gate.
         gate_form: ``"paper"`` (sigmoid) or ``"identity"`` (exactly 1 at initialisation).
         spatial: learn a per-tap spatial scale; by default only for kernels larger than 1x1
             (for a 1x1 kernel it would duplicate the filter scale).
@@ -215,6 +224,9 @@ class ChildConv2d(nn.Module):
         weight = _parent_weight(parent)
         _check_groups(in_channels, out_channels, groups)
         kernel_size = _pair(kernel_size)
+        _check_padding(padding, stride)
+        if gate_reduction is not None:
+            _positive_int("gate_reduction", gate_reduction)
         expected = (out_channels, in_channels // groups, *kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(

@@ -229,3 +229,7 @@ def test_other_bad_arguments():
         ParentKernel(6, 8, 3, groups=4)
     with pytest.raises(ValueError, match=r"in_channels must be a positive integer, got 0"):
         ParentKernel(0, 8, 3)
+    with pytest.raises(ValueError, match=r"padding 'same' .* stride 1 \(got stride 2\)"):
+        ParentKernel(4, 4, 3).child(stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"padding 'full' must be"):
+        ParentKernel(4, 4, 3).child(padding="full")
