@@ -89,10 +89,10 @@ def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
     if any(child.is_folded for child in children):
         raise RuntimeError("model is already folded; call kdna.unfold(model) first")
     norms = following_norms(model) if batchnorm else {}
+    norm_of = {child: getattr(container, name) for child, (container, name) in norms.items()}
     model.eval()
     for child in children:
-        slot = norms.get(child)
-        child.fold(getattr(*slot) if slot else None)
+        child.fold(norm_of.get(child))
     for container, name in norms.values():
         setattr(container, name, FoldedNorm(getattr(container, name)))
     return model
