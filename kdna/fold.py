@@ -93,8 +93,8 @@ def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
     model.eval()
     for child in children:
         child.fold(norm_of.get(child))
-    for container, name in norms.values():
-        setattr(container, name, FoldedNorm(getattr(container, name)))
+    for child, (container, name) in norms.items():
+        setattr(container, name, FoldedNorm(norm_of[child]))
     return model
 
 
