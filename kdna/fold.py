@@ -27,7 +27,7 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
-from kdna.nn import ChildConv2d
+from kdna.nn import ChildConv2d, KernelChild
 
 __all__ = ["FoldedNorm", "fold", "following_norms", "unfold"]
 
@@ -43,11 +43,12 @@ class FoldedNorm(nn.Module):
         return x
 
 
-def _children_of(model: nn.Module, verb: str) -> list[ChildConv2d]:
-    children = [m for m in model.modules() if isinstance(m, ChildConv2d)]
+def _children_of(model: nn.Module, verb: str) -> list[KernelChild]:
+    children = [m for m in model.modules() if isinstance(m, KernelChild)]
     if not children:
         raise ValueError(
-            f"{type(model).__name__} contains no ChildConv2d to {verb}; convert it first "
+            f"{type(model).__name__} contains no KernelDNA child (ChildConv2d, ChildLinear) "
+            f"to {verb}; convert it first "
             "(kdna.convert) or build it from kdna.nn modules"
         )
     return children
@@ -79,11 +80,12 @@ def following_norms(model: nn.Module) -> dict[ChildConv2d, tuple[nn.Module, str]
 def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
     """Put ``model`` in its deployment form, in place, and return it.
 
-    Each :class:`ChildConv2d` caches its static weight; with ``batchnorm=True`` the
-    BatchNorm2d that follows a child (see the module docstring) is folded in as well and
-    replaced by a :class:`FoldedNorm`. The model is switched to eval mode: folded weights
-    use the BatchNorm running statistics and do not train (a folded child refuses to run
-    in training mode). :func:`unfold` restores the trainable form exactly.
+    Each child (:class:`ChildConv2d`, :class:`ChildLinear`) caches its static weight; with
+    ``batchnorm=True`` the BatchNorm2d that follows a convolution child (see the module
+    docstring) is folded in as well and replaced by a :class:`FoldedNorm`. The model is
+    switched to eval mode: folded weights use the BatchNorm running statistics and do not
+    train (a folded child refuses to run in training mode). :func:`unfold` restores the
+    trainable form exactly.
     """
     children = _children_of(model, "fold")
     if any(child.is_folded for child in children):

@@ -26,7 +26,7 @@ from torch.nn.modules.utils import _pair
 
 from kdna.functional import modulated_weight
 
-__all__ = ["ChannelGate", "ChildConv2d", "GateForm", "ParentKernel"]
+__all__ = ["ChannelGate", "ChildConv2d", "GateForm", "KernelChild", "ParentKernel"]
 
 GateForm = Literal["paper", "identity"]
 _GATE_FORMS = ("paper", "identity")
@@ -162,26 +162,103 @@ class ChannelGate(nn.Module):
             nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.fc2(F.relu(self.bn(self.fc1(x.mean(dim=(2, 3))))))
-        gate = torch.sigmoid(z)
+        return self.excite(x.mean(dim=(2, 3)))
+
+    def excite(self, pooled: Tensor) -> Tensor:
+        """The gate from an already pooled descriptor ``[B, C]`` (the "squeeze" done)."""
+        gate = torch.sigmoid(self.fc2(F.relu(self.bn(self.fc1(pooled)))))
         return gate if self.form == "paper" else 2 * gate
 
     def extra_repr(self) -> str:
         return f"{self.channels}, reduction={self.reduction}, form={self.form!r}"
 
 
-def _parent_weight(parent: nn.Module) -> nn.Parameter:
+def _parent_weight(parent: nn.Module, dim: int, expected: str) -> nn.Parameter:
     weight = getattr(parent, "weight", None)
     if not (isinstance(parent, nn.Module) and isinstance(weight, nn.Parameter)
-            and weight.dim() == 4):
+            and weight.dim() == dim):
         raise TypeError(
-            "parent must be a ParentKernel or an nn.Conv2d (a module with a 4-D weight "
-            f"parameter), got {type(parent).__name__}"
+            f"parent must be {expected} (a module with a {dim}-D weight parameter), "
+            f"got {type(parent).__name__}"
         )
     return weight
 
 
-class ChildConv2d(nn.Module):
+class KernelChild(nn.Module):
+    """What every child has: a borrowed parent kernel, its own adapter, a deployment cache.
+
+    The adapter is ``filter_scale`` (one per output filter), ``spatial_scale`` (one per
+    kernel tap, or ``None``), an optional own ``bias`` and an optional input ``gate``.
+    Subclasses (:class:`ChildConv2d`, :class:`kdna.linear.ChildLinear`) call
+    :meth:`_init_adapter` and implement ``forward`` and ``fold``.
+    """
+
+    parent: nn.Module
+    filter_scale: nn.Parameter
+    spatial_scale: nn.Parameter | None
+    bias: nn.Parameter | None
+    gate: ChannelGate | None
+
+    def _init_adapter(self, parent: nn.Module, weight: Tensor, *, in_channels: int,
+                      spatial: tuple[int, int] | None, bias: bool,
+                      gate_reduction: int | None, gate_form: GateForm) -> None:
+        if gate_reduction is not None:
+            _positive_int("gate_reduction", gate_reduction)
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        out_channels = weight.shape[0]
+        self.parent = parent
+        self.filter_scale = nn.Parameter(
+            torch.zeros(out_channels, *[1] * (weight.dim() - 1), **factory))
+        self.spatial_scale = (
+            nn.Parameter(torch.zeros(1, 1, *spatial, **factory)) if spatial else None
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        self.gate = (
+            None if gate_reduction is None
+            else ChannelGate(in_channels, gate_reduction, form=gate_form).to(**factory)
+        )
+        # Deployment form, filled by fold(): the static weight (and bias, with any BatchNorm
+        # folded in) computed once. Non-persistent, so state_dict is the same folded or not.
+        self.register_buffer("folded_weight", None, persistent=False)
+        self.register_buffer("folded_bias", None, persistent=False)
+
+    @property
+    def is_folded(self) -> bool:
+        return self.folded_weight is not None
+
+    def static_weight(self) -> Tensor:
+        """The child's input-independent kernel ``parent * (1 + f) * (1 + s)``."""
+        return modulated_weight(self.parent.weight, self.filter_scale, self.spatial_scale)
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        """What this child adds to its parent: the static scales and the gate."""
+        yield self.filter_scale
+        if self.spatial_scale is not None:
+            yield self.spatial_scale
+        if self.gate is not None:
+            yield from self.gate.parameters()
+
+    def _deployed(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias to run with: the folded cache, or computed afresh."""
+        if not self.is_folded:
+            return self.static_weight(), self.bias
+        if self.training:
+            raise RuntimeError(
+                "this child is folded for inference; call kdna.unfold(model) before training"
+            )
+        return self.folded_weight, self.folded_bias
+
+    def _cache(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.folded_weight = weight.detach().clone()
+        self.folded_bias = None if bias is None else bias.detach().clone()
+
+    def unfold(self) -> None:
+        """Drop the cached deployment weight; the trainable form was never touched."""
+        self.folded_weight = None
+        self.folded_bias = None
+
+
+class ChildConv2d(KernelChild):
     """A convolution that borrows its parent's kernel through a tiny adapter.
 
     ``forward(x) = conv2d(x * gate(x), parent * (1 + filter_scale) * (1 + spatial_scale))``
@@ -221,55 +298,25 @@ class ChildConv2d(nn.Module):
         spatial: bool | None = None,
     ) -> None:
         super().__init__()
-        weight = _parent_weight(parent)
+        weight = _parent_weight(parent, 4, "a ParentKernel or an nn.Conv2d")
         _check_groups(in_channels, out_channels, groups)
         kernel_size = _pair(kernel_size)
         _check_padding(padding, stride)
-        if gate_reduction is not None:
-            _positive_int("gate_reduction", gate_reduction)
         expected = (out_channels, in_channels // groups, *kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(
                 f"child kernel shape {list(expected)} (out_channels, in_channels / groups, kh, kw)"
                 f" does not match its parent's kernel shape {list(weight.shape)}"
             )
-        self.parent = parent
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.groups = kernel_size, groups
         self.stride, self.dilation = _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        self.filter_scale = nn.Parameter(torch.zeros(out_channels, 1, 1, 1, **factory))
         if spatial is None:
             spatial = kernel_size != (1, 1)
-        self.spatial_scale = (
-            nn.Parameter(torch.zeros(1, 1, *kernel_size, **factory)) if spatial else None
-        )
-        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
-        self.gate = (
-            None if gate_reduction is None
-            else ChannelGate(in_channels, gate_reduction, form=gate_form).to(**factory)
-        )
-        # Deployment form, filled by fold(): the static weight (and bias, with any BatchNorm
-        # folded in) computed once. Non-persistent, so state_dict is the same folded or not.
-        self.register_buffer("folded_weight", None, persistent=False)
-        self.register_buffer("folded_bias", None, persistent=False)
-
-    @property
-    def is_folded(self) -> bool:
-        return self.folded_weight is not None
-
-    def static_weight(self) -> Tensor:
-        """The child's input-independent kernel ``parent * (1 + f) * (1 + s)``."""
-        return modulated_weight(self.parent.weight, self.filter_scale, self.spatial_scale)
-
-    def adapter_parameters(self) -> Iterator[nn.Parameter]:
-        """What this child adds to its parent: the static scales and the gate."""
-        yield self.filter_scale
-        if self.spatial_scale is not None:
-            yield self.spatial_scale
-        if self.gate is not None:
-            yield from self.gate.parameters()
+        self._init_adapter(parent, weight, in_channels=in_channels,
+                           spatial=kernel_size if spatial else None, bias=bias,
+                           gate_reduction=gate_reduction, gate_form=gate_form)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -279,14 +326,7 @@ class ChildConv2d(nn.Module):
             )
         if self.gate is not None:
             x = x * self.gate(x)[:, :, None, None]
-        if self.is_folded:
-            if self.training:
-                raise RuntimeError(
-                    "this child is folded for inference; call kdna.unfold(model) before training"
-                )
-            weight, bias = self.folded_weight, self.folded_bias
-        else:
-            weight, bias = self.static_weight(), self.bias
+        weight, bias = self._deployed()
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.no_grad()
@@ -307,13 +347,7 @@ class ChildConv2d(nn.Module):
                 shift = shift + norm.bias
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
-        self.folded_weight = weight.detach().clone()
-        self.folded_bias = None if bias is None else bias.detach().clone()
-
-    def unfold(self) -> None:
-        """Drop the cached deployment weight; the trainable form was never touched."""
-        self.folded_weight = None
-        self.folded_bias = None
+        self._cache(weight, bias)
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}",

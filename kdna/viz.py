@@ -13,8 +13,9 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from kdna.nn import ChildConv2d, ParentKernel
+from kdna.report import ConversionReport
 
-__all__ = ["kernel_family"]
+__all__ = ["fit_errors", "kernel_family"]
 
 
 def kernel_family(
@@ -67,4 +68,26 @@ def kernel_family(
                       coloraxis={"colorscale": "RdBu", "cmin": -limit, "cmax": limit,
                                  "colorbar": {"title": {"text": "weight"}}},
                       height=140 * len(filters) + 120, width=160 * len(slices) + 160)
+    return fig
+
+
+def fit_errors(report: ConversionReport, *, title: str = "How well each child's adapter "
+               "reproduces the kernel it replaced") -> go.Figure:
+    """Bar chart of each child's relative fit error after :func:`kdna.convert`, by parent.
+
+    0 means the old kernel was an exact scaled copy of its parent; about 1 means the static
+    scales could not express it at all (fine-tuning has to).
+    """
+    if not report.groups:
+        raise ValueError("the report has no groups: nothing was converted")
+    fig = go.Figure()
+    for group in report.groups:
+        fig.add_trace(go.Bar(
+            x=[c.name for c in group.children], y=[c.fit_error for c in group.children],
+            name=group.parent,
+            hovertemplate="%{x}<br>fit error %{y:.3f}<extra>parent %{fullData.name}</extra>"))
+    fig.update_layout(title=title, xaxis_title="child layer",
+                      yaxis_title="relative fit error ||W - W_child|| / ||W||",
+                      legend_title_text="parent", height=460)
+    fig.update_yaxes(rangemode="tozero")
     return fig

@@ -1,0 +1,61 @@
+"""The paper's KernelDNA ResNet-18 and ResNet-50 layouts, on torchvision's ResNet.
+
+Both keep ``layer1`` and ``layer2`` as they are and rebuild the last two stages so that
+children borrow the 3x3 kernels of the dense blocks after them (KERNELDNA.md):
+
+* **ResNet-18** (blocks 2, 2, 3, 3; 9.24M parameters against 11.69M): in ``layer3`` and
+  ``layer4``, block 0 keeps its strided ``conv1`` and makes ``conv2`` a child of block 1's
+  ``conv2``; block 1's ``conv1`` is another child of that kernel; block 2's ``conv1`` is a
+  child of block 2's own ``conv2``. Three dense 3x3 kernels feed six convolutions.
+* **ResNet-50** (blocks 3, 4, 7, 3; 22.78M against 25.56M): after the strided first block,
+  ``layer3`` holds three (child, parent) bottleneck pairs and ``layer4`` one; a child block
+  keeps its own 1x1 convolutions and BatchNorms and shares only its parent's 3x3 kernel.
+
+Each child has its own gate (r = 4) and its own BatchNorm. ``kernel_dna=False`` gives
+torchvision's plain network (optionally with torchvision's ImageNet weights).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet as tv
+
+from kdna.models._layout import apply_layout, torchvision_model
+
+__all__ = ["resnet18", "resnet50"]
+
+
+def _no_pretrained_layout(arch: str, weights: str | None) -> None:
+    if weights is not None:
+        raise ValueError(
+            f"the paper's {arch} layout is deeper than torchvision's {arch}, so no pretrained "
+            f"weights fit it (the paper trains it from scratch). For a pretrained KernelDNA "
+            f"{arch}: model = kdna.create_model({arch!r}, kernel_dna=False, "
+            f"weights={weights!r}); kdna.convert(model)"
+        )
+
+
+def resnet18(*, kernel_dna: bool = True, weights: str | None = None,
+             num_classes: int = 1000) -> nn.Module:
+    """ResNet-18: the paper's KernelDNA layout, or torchvision's plain network."""
+    if not kernel_dna:
+        return torchvision_model(tv.resnet18, "resnet18", weights, num_classes)[0]
+    _no_pretrained_layout("resnet18", weights)
+    model = tv.ResNet(tv.BasicBlock, [2, 2, 3, 3], num_classes=num_classes)
+    groups = {}
+    for stage in ("layer3", "layer4"):
+        groups[f"{stage}.1.conv2"] = [f"{stage}.0.conv2", f"{stage}.1.conv1"]
+        groups[f"{stage}.2.conv2"] = [f"{stage}.2.conv1"]
+    return apply_layout(model, groups, pretrained=False)
+
+
+def resnet50(*, kernel_dna: bool = True, weights: str | None = None,
+             num_classes: int = 1000) -> nn.Module:
+    """ResNet-50: the paper's KernelDNA layout, or torchvision's plain network."""
+    if not kernel_dna:
+        return torchvision_model(tv.resnet50, "resnet50", weights, num_classes)[0]
+    _no_pretrained_layout("resnet50", weights)
+    model = tv.ResNet(tv.Bottleneck, [3, 4, 7, 3], num_classes=num_classes)
+    pairs = [("layer3", 1), ("layer3", 3), ("layer3", 5), ("layer4", 1)]
+    groups = {f"{stage}.{i + 1}.conv2": [f"{stage}.{i}.conv2"] for stage, i in pairs}
+    return apply_layout(model, groups, pretrained=False)
