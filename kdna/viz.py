@@ -5,17 +5,21 @@ None of them shows the figure; the caller (a notebook, a widget, a report) decid
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 import torch
+from PIL import Image
 from plotly.subplots import make_subplots
 from torch import nn
 
 from kdna.nn import ChildConv2d, ParentKernel
 from kdna.report import ConversionReport
 
-__all__ = ["fit_errors", "kernel_family"]
+__all__ = ["conversion_tradeoff", "fit_errors", "image_predictions", "kernel_family"]
 
 
 def kernel_family(
@@ -90,4 +94,68 @@ def fit_errors(report: ConversionReport, *, title: str = "How well each child's 
                       yaxis_title="relative fit error ||W - W_child|| / ||W||",
                       legend_title_text="parent", height=460)
     fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def conversion_tradeoff(reports: Sequence[ConversionReport], *, labels: Sequence[str] | None = None,
+                        title: str = "Sharing more saves more, and changes more"
+                        ) -> go.Figure:
+    """Parameters saved against output agreement, one point per conversion.
+
+    Each report must carry an :class:`~kdna.report.Agreement` (``convert(...,
+    example_inputs=batch)``). Top-1 agreement is drawn on the left axis, the relative logit
+    error on the right.
+    """
+    if not reports or any(r.agreement is None for r in reports):
+        raise ValueError("conversion_tradeoff needs reports made with example_inputs "
+                         "(each with an agreement)")
+    saved = [100 * r.saved_fraction for r in reports]
+    text = list(labels) if labels is not None else [f"{len(r.groups)} groups" for r in reports]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=saved, y=[100 * r.agreement.top1 for r in reports],
+                             mode="lines+markers", name="top-1 agreement (%)", text=text,
+                             hovertemplate="%{text}: %{y:.0f}%<extra></extra>"))
+    fig.add_trace(go.Scatter(x=saved, y=[r.agreement.logit_error for r in reports],
+                             mode="lines+markers", name="relative logit error", text=text,
+                             line={"dash": "dot"},
+                             hovertemplate="%{text}: %{y:.2f}<extra></extra>"),
+                  secondary_y=True)
+    fig.update_layout(title=title, xaxis_title="parameters saved (%)", height=420)
+    fig.update_yaxes(title_text="top-1 agreement with the original (%)", range=[-5, 105],
+                     secondary_y=False)
+    fig.update_yaxes(title_text="relative logit error", rangemode="tozero", secondary_y=True)
+    return fig
+
+
+def _png_source(image: np.ndarray, size: int) -> str:
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"images must be HWC or HW uint8 arrays, got {image.dtype} with "
+                         f"shape {image.shape}")
+    picture = Image.fromarray(image).convert("RGB")
+    picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_predictions(images: Sequence[np.ndarray], captions: Sequence[str], *,
+                      title: str = "Predictions", cols: int = 4, size: int = 224) -> go.Figure:
+    """Photos in a grid, each under its caption (the predicted class, say).
+
+    ``images`` are HWC (or HW) uint8 arrays; each is embedded as a PNG of at most
+    ``size`` pixels a side, so the figure stays small. Captions may contain ``<br>``.
+    """
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need one caption per image, got {len(images)} images and "
+                         f"{len(captions)} captions")
+    rows = -(-len(images) // cols)
+    fig = make_subplots(rows=rows, cols=min(cols, len(images)), subplot_titles=list(captions),
+                        horizontal_spacing=0.02, vertical_spacing=0.12)
+    for i, image in enumerate(images):
+        fig.add_trace(go.Image(source=_png_source(image, size), name=captions[i]),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(showticklabels=False, title_text="")
+    fig.update_yaxes(showticklabels=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title=title, height=rows * (size + 90) + 60, margin={"t": 110})
     return fig

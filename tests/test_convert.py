@@ -216,3 +216,15 @@ def test_torchvision_classifiers_convert(arch):
     report = convert(model, example_inputs=x)
     assert report.groups and report.params_after < report.params_before
     assert model(x).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_atto", "efficientnet_b0"])
+def test_timm_models_convert(arch):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    report = convert(model, example_inputs=x)
+    assert report.groups and report.params_after < report.params_before
+    assert model(x).shape == (1, 1000)

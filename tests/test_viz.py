@@ -1,10 +1,18 @@
 """Figure builders return titled figures with the traces they promise."""
 
+import numpy as np
 import pytest
 import torch
 
 from kdna import ParentKernel
-from kdna.viz import kernel_family
+from kdna.report import Agreement, ChildFit, ConversionReport, SharedGroup
+from kdna.viz import conversion_tradeoff, fit_errors, image_predictions, kernel_family
+
+
+def _report(saved=100, top1=0.5):
+    groups = [SharedGroup("a", (ChildFit("b", 0.2), ChildFit("c", 0.9)), "conv", (4, 4, 3, 3), 50),
+              SharedGroup("d", (ChildFit("e", 1.0),), "linear", (8, 4), 20)]
+    return ConversionReport(groups, 1000, 1000 - saved, agreement=Agreement(4, top1, 0.3))
 
 
 def test_kernel_family_has_one_heatmap_per_filter_and_kernel():
@@ -32,3 +40,38 @@ def test_kernel_family_rejects_strangers_and_bad_indices():
         kernel_family(parent, [stranger])
     with pytest.raises(ValueError, match=r"filters \[7\] must lie in \[0, 6\)"):
         kernel_family(parent, [parent.child()], filters=(7,))
+
+
+def test_fit_errors_has_one_bar_trace_per_parent():
+    fig = fit_errors(_report())
+    assert [t.name for t in fig.data] == ["a", "d"] and all(t.type == "bar" for t in fig.data)
+    assert list(fig.data[0].y) == [0.2, 0.9]
+    assert fig.layout.xaxis.title.text == "child layer"
+    assert "fit error" in fig.layout.yaxis.title.text and fig.layout.title.text
+    with pytest.raises(ValueError, match="nothing was converted"):
+        fit_errors(ConversionReport([], 10, 10))
+
+
+def test_conversion_tradeoff_plots_agreement_against_savings():
+    fig = conversion_tradeoff([_report(100, 1.0), _report(300, 0.25)], labels=["one", "two"])
+    top1, error = fig.data
+    assert list(top1.x) == pytest.approx([10.0, 30.0]) and list(top1.y) == [100.0, 25.0]
+    assert list(error.y) == [0.3, 0.3] and list(top1.text) == ["one", "two"]
+    assert fig.layout.xaxis.title.text == "parameters saved (%)"
+    assert "agreement" in fig.layout.yaxis.title.text
+    assert fig.layout.yaxis2.title.text == "relative logit error"
+    with pytest.raises(ValueError, match="needs reports made with example_inputs"):
+        conversion_tradeoff([ConversionReport([], 10, 10)])
+
+
+def test_image_predictions_embeds_small_pngs_under_their_captions():
+    images = [np.zeros((400, 300, 3), np.uint8), np.full((50, 60), 200, np.uint8)]
+    fig = image_predictions(images, ["cat", "cup"], size=64)
+    assert [t.type for t in fig.data] == ["image", "image"]
+    assert all(t.source.startswith("data:image/png;base64,") for t in fig.data)
+    assert len(fig.data[0].source) < 2000  # a 64-pixel thumbnail, not 400x300 numbers
+    assert [a.text for a in fig.layout.annotations] == ["cat", "cup"]
+    with pytest.raises(ValueError, match="one caption per image"):
+        image_predictions(images, ["cat"])
+    with pytest.raises(ValueError, match="uint8 arrays, got float64"):
+        image_predictions([np.zeros((4, 4))], ["x"])

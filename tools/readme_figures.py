@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import torch
 
 import kdna
-from kdna.viz import kernel_family
+from kdna.viz import fit_errors, kernel_family
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -51,11 +51,22 @@ def kernel_family_example() -> go.Figure:
     return fig
 
 
+def fit_errors_example() -> go.Figure:
+    model = kdna.create_model("efficientnet_lite0", kernel_dna=False, weights="imagenet")
+    report = kdna.convert(model)
+    fig = fit_errors(report, title="Converting EfficientNet-Lite0: how well each child's "
+                     "static scales reproduce the kernel it replaced")
+    fig.update_layout(width=1000, height=520, margin={"b": 190})
+    return fig
+
+
 def main() -> int:
     out = ROOT / "docs" / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    screenshot(kernel_family_example(), out / "kernel_family.png")
-    print(f"wrote {out / 'kernel_family.png'}")
+    for name, figure in (("kernel_family", kernel_family_example),
+                         ("fit_errors", fit_errors_example)):
+        screenshot(figure(), out / f"{name}.png")
+        print(f"wrote {out / name}.png")
     return 0
 
 
