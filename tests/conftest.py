@@ -1,4 +1,8 @@
-"""Shared fixtures: small deterministic networks built from kdna's parent/child modules."""
+"""Shared fixtures: small deterministic networks built from kdna's parent/child modules.
+
+Tests that take the ``device`` fixture (directly, or through ``tiny_net`` / ``images``) run on
+the CPU and, where a GPU is present, on CUDA as well; TF32 is off so tolerances hold there.
+"""
 
 from __future__ import annotations
 
@@ -51,12 +55,22 @@ def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
     return net
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
 @pytest.fixture
-def tiny_net():
+def tiny_net(device):
     torch.manual_seed(0)
-    return randomize(TinyNet())
+    return randomize(TinyNet()).to(device)
 
 
 @pytest.fixture
-def images():
-    return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+def images(device):
+    return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)).to(device)

@@ -86,12 +86,13 @@ def test_default_rule_shares_same_shaped_stride_1_convs_per_resolution(cnn, batc
     assert report.params_after == kdna.count_parameters(cnn) < report.params_before
 
 
-def test_scaled_copies_of_one_parent_convert_exactly(cnn, batch):
+def test_scaled_copies_of_one_parent_convert_exactly(cnn, batch, device):
+    cnn, batch = cnn.to(device), batch.to(device)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for i in (3, 6):
-            a = torch.rand(8, 1, 1, 1, generator=gen) + 0.5
-            b = torch.rand(1, 1, 3, 3, generator=gen) + 0.5
+            a = (torch.rand(8, 1, 1, 1, generator=gen) + 0.5).to(device)
+            b = (torch.rand(1, 1, 3, 3, generator=gen) + 0.5).to(device)
             cnn.body[i].weight.copy_(cnn.body[0].weight * a * b)
     expected = cnn(batch)
     report = convert(cnn, include=["body.*"], example_inputs=batch)
@@ -101,14 +102,15 @@ def test_scaled_copies_of_one_parent_convert_exactly(cnn, batch):
     torch.testing.assert_close(cnn(batch), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_children_start_from_their_fitted_static_kernel_with_gate_one(cnn, batch):
+def test_children_start_from_their_fitted_static_kernel_with_gate_one(cnn, batch, device):
+    cnn, batch = cnn.to(device), batch.to(device)
     originals = {n: m.weight.detach().clone() for n, m in cnn.named_modules()
                  if isinstance(m, nn.Conv2d)}
     report = convert(cnn, example_inputs=batch)
     for name in report.children:
         child = cnn.get_submodule(name)
         assert isinstance(child, ChildConv2d) and child.gate.form == "identity"
-        x = torch.randn(2, child.in_channels, 5, 5)
+        x = torch.randn(2, child.in_channels, 5, 5, device=device)
         for mode in (True, False):
             child.train(mode)
             torch.testing.assert_close(child(x), F.conv2d(x, child.static_weight(),
@@ -207,12 +209,12 @@ def test_report_prints_as_a_markdown_table(cnn, batch):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "convnext_tiny"])
-def test_torchvision_classifiers_convert(arch):
+def test_torchvision_classifiers_convert(arch, device):
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)().eval()
-    x = torch.randn(1, 3, 64, 64)
+    model = getattr(torchvision.models, arch)().to(device).eval()
+    x = torch.randn(1, 3, 64, 64, device=device)
     report = convert(model, example_inputs=x)
     assert report.groups and report.params_after < report.params_before
     assert model(x).shape == (1, 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 
 import numpy as np
@@ -38,9 +39,11 @@ def shipped():
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def _probabilities(model, image):
+def _probabilities(model, image, device="cpu"):
     with torch.no_grad():
-        return model(eval_transform()(image).unsqueeze(0)).softmax(dim=1)[0]
+        batch = eval_transform()(image).unsqueeze(0).to(device)
+        model = model if str(device) == "cpu" else copy.deepcopy(model).to(device)
+        return model(batch).softmax(dim=1)[0].cpu()
 
 
 def test_parameter_count():
@@ -99,8 +102,8 @@ def test_same_padding_matches_tensorflow():
 
 @pytest.mark.parametrize(
     ("photo", "expected"), [("chelsea", CATS), ("coffee", range(ESPRESSO, ESPRESSO + 1))])
-def test_photo_top1(pretrained, photo, expected):
-    probs = _probabilities(pretrained, getattr(skdata, photo)())
+def test_photo_top1(pretrained, photo, expected, device):
+    probs = _probabilities(pretrained, getattr(skdata, photo)(), device)
     top = int(probs.argmax())
     assert top in expected, (photo, imagenet_categories()[top], float(probs[top]))
 

@@ -32,11 +32,12 @@ def test_only_adapters_norms_and_head_train(converted):
     assert 0 < count.fraction < 0.2 and "trainable of" in str(count)
 
 
-def test_a_training_step_moves_only_trainable_parameters(converted):
+def test_a_training_step_moves_only_trainable_parameters(converted, device):
+    converted.to(device)
     adapter_only(converted)
     before = {n: p.detach().clone() for n, p in converted.named_parameters()}
     optimizer = torch.optim.SGD([p for p in converted.parameters() if p.requires_grad], lr=0.1)
-    loss = converted(torch.randn(2, 3, 32, 32)).logsumexp(1).mean()
+    loss = converted(torch.randn(2, 3, 32, 32, device=device)).logsumexp(1).mean()
     loss.backward()
     optimizer.step()
     moved = {n for n, p in converted.named_parameters() if not torch.equal(p, before[n])}

@@ -26,11 +26,12 @@ def test_a_new_identity_child_computes_its_parents_function(parent):
     torch.testing.assert_close(child(x), parent(x))
 
 
-def test_the_gate_pools_every_position_and_scales_input_features(parent):
+def test_the_gate_pools_every_position_and_scales_input_features(parent, device):
+    parent = parent.to(device)
     child = ChildLinear(parent, 8, 12, bias=False).eval()
     with torch.no_grad():
         child.filter_scale.normal_(std=0.3)
-    x = torch.randn(3, 4, 6, 8)
+    x = torch.randn(3, 4, 6, 8, device=device)
     gate = child.gate.excite(x.mean(dim=(1, 2)))
     expected = F.linear(x * gate[:, None, None, :], parent.weight * (1 + child.filter_scale))
     torch.testing.assert_close(child(x), expected)

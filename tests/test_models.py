@@ -12,10 +12,10 @@ from kdna.models import convnext
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_runs_and_folds_with_equal_outputs(name):
+def test_every_model_runs_and_folds_with_equal_outputs(name, device):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10).eval()
-    x = torch.randn(2, 3, 224, 224)
+    model = create_model(name, num_classes=10).to(device).eval()
+    x = torch.randn(2, 3, 224, 224, device=device)
     with torch.no_grad():
         expected = model(x)
         assert expected.shape == (2, 10)

@@ -147,7 +147,7 @@ def test_sharing_survives_state_dict_save_and_load(tiny_net, images, tmp_path):
     tiny_net.eval()
     path = tmp_path / "tiny.pt"
     torch.save(tiny_net.state_dict(), path)
-    fresh = TinyNet().eval()
+    fresh = TinyNet().to(images.device).eval()
     fresh.load_state_dict(torch.load(path, weights_only=True))
     _assert_shared(fresh)
     assert torch.equal(fresh(images), tiny_net(images))
