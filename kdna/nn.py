@@ -169,6 +169,17 @@ class ChannelGate(nn.Module):
         gate = torch.sigmoid(self.fc2(F.relu(self.bn(self.fc1(pooled)))))
         return gate if self.form == "paper" else 2 * gate
 
+    # The form travels in the state_dict: weights trained with one activation are only right
+    # with that activation, so loading them also sets it.
+    def get_extra_state(self) -> dict[str, str]:
+        return {"form": self.form}
+
+    def set_extra_state(self, state: dict[str, str]) -> None:
+        if state.get("form") not in _GATE_FORMS:
+            raise ValueError(f"gate form in the state_dict must be one of {_GATE_FORMS}, got "
+                             f"{state.get('form')!r}")
+        self.form = state["form"]
+
     def extra_repr(self) -> str:
         return f"{self.channels}, reduction={self.reduction}, form={self.form!r}"
 

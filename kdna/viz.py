@@ -19,7 +19,8 @@ from torch import nn
 from kdna.nn import ChildConv2d, ParentKernel
 from kdna.report import ConversionReport
 
-__all__ = ["conversion_tradeoff", "fit_errors", "image_predictions", "kernel_family"]
+__all__ = ["accuracy_vs_parameters", "conversion_tradeoff", "fit_errors", "image_predictions",
+           "kernel_family"]
 
 
 def kernel_family(
@@ -158,4 +159,30 @@ def image_predictions(images: Sequence[np.ndarray], captions: Sequence[str], *,
     fig.update_yaxes(showticklabels=False)
     fig.update_annotations(font_size=11)
     fig.update_layout(title=title, height=rows * (size + 90) + 60, margin={"t": 110})
+    return fig
+
+
+def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
+                           title: str = "Accuracy against trainable parameters") -> go.Figure:
+    """One marker per method: trainable parameters (log scale) against accuracy.
+
+    ``results`` maps a method's name to a mapping with ``"trainable"`` (parameters) and
+    ``"top1"`` (accuracy in %), and optionally ``"seconds_per_step"`` (shown on hover).
+    """
+    if not results:
+        raise ValueError("accuracy_vs_parameters needs at least one result")
+    fig = go.Figure()
+    for name, row in results.items():
+        missing = {"trainable", "top1"} - set(row)
+        if missing:
+            raise ValueError(f"result {name!r} lacks {sorted(missing)}")
+        fig.add_trace(go.Scatter(
+            x=[row["trainable"]], y=[row["top1"]], mode="markers+text", name=name,
+            text=[name], textposition="top center", marker={"size": 14},
+            customdata=[[row.get("seconds_per_step", float("nan"))]],
+            hovertemplate="%{x:,} trainable<br>top-1 %{y:.1f}%<br>"
+                          "%{customdata[0]:.3f} s per step<extra>%{fullData.name}</extra>"))
+    fig.update_xaxes(type="log", title_text="trainable parameters (log scale)")
+    fig.update_yaxes(title_text="validation top-1 (%)")
+    fig.update_layout(title=title, height=440, showlegend=False)
     return fig

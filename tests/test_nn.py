@@ -233,3 +233,14 @@ def test_other_bad_arguments():
         ParentKernel(4, 4, 3).child(stride=2, padding="same")
     with pytest.raises(ValueError, match=r"padding 'full' must be"):
         ParentKernel(4, 4, 3).child(padding="full")
+
+
+def test_the_gate_form_travels_in_the_state_dict():
+    trained = ChannelGate(8, form="identity")
+    fresh = ChannelGate(8, form="paper")
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.form == "identity"
+    x = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))
+    with pytest.raises(ValueError, match="gate form in the state_dict must be one of"):
+        fresh.set_extra_state({"form": "tanh"})

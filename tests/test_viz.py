@@ -6,7 +6,13 @@ import torch
 
 from kdna import ParentKernel
 from kdna.report import Agreement, ChildFit, ConversionReport, SharedGroup
-from kdna.viz import conversion_tradeoff, fit_errors, image_predictions, kernel_family
+from kdna.viz import (
+    accuracy_vs_parameters,
+    conversion_tradeoff,
+    fit_errors,
+    image_predictions,
+    kernel_family,
+)
 
 
 def _report(saved=100, top1=0.5):
@@ -75,3 +81,14 @@ def test_image_predictions_embeds_small_pngs_under_their_captions():
         image_predictions(images, ["cat"])
     with pytest.raises(ValueError, match="uint8 arrays, got float64"):
         image_predictions([np.zeros((4, 4))], ["x"])
+
+
+def test_accuracy_vs_parameters_has_a_marker_per_method_on_a_log_axis():
+    fig = accuracy_vs_parameters({"full": {"trainable": 3e6, "top1": 90.0},
+                                  "kdna": {"trainable": 4e5, "top1": 60.0,
+                                           "seconds_per_step": 0.3}})
+    assert [t.name for t in fig.data] == ["full", "kdna"]
+    assert fig.layout.xaxis.type == "log" and "trainable" in fig.layout.xaxis.title.text
+    assert fig.layout.yaxis.title.text == "validation top-1 (%)"
+    with pytest.raises(ValueError, match=r"result 'x' lacks \['top1'\]"):
+        accuracy_vs_parameters({"x": {"trainable": 1}})

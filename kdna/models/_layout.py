@@ -63,8 +63,10 @@ def apply_layout(model: nn.Module, groups: Mapping[str, Sequence[str]] | None, *
     From scratch (the paper's setting) the gates are the paper's sigmoid and each child
     starts as a copy of its parent. From pretrained weights the gates start at exactly 1
     and the static scales are fitted to the kernels they replace (see :func:`kdna.convert`).
-    ``groups=None`` applies :func:`kdna.convert`'s automatic rule.
+    ``groups=None`` applies :func:`kdna.convert`'s automatic rule, with the last member of
+    each group as the parent (as in the paper's layouts), so that the structure does not
+    depend on the weights and a state_dict always fits a freshly built model.
     """
-    convert(model, groups=groups, gate_form="identity" if pretrained else "paper",
+    convert(model, groups=groups, parent="last", gate_form="identity" if pretrained else "paper",
             fit=pretrained)
     return model
