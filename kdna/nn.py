@@ -338,6 +338,10 @@ class ChildConv2d(KernelChild):
         if self.gate is not None:
             x = x * self.gate(x)[:, :, None, None]
         weight, bias = self._deployed()
+        if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+            # The modulated weight is computed in the default (NCHW) layout; a channels-last
+            # input with an NCHW weight would make the convolution convert layouts each call.
+            weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.no_grad()

@@ -190,7 +190,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
 
     Under ``torch.distributed`` each rank evaluates its shard and the sums are all-reduced.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
     distributed = dist.is_available() and dist.is_initialized()
     sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=False) if distributed
                else None)

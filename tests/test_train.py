@@ -59,7 +59,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
 def test_training_learns_and_logs_csv_and_checkpoints(tmp_path):
     train, val = _data(512)
     model = _net()
-    result = fit(model, train, val, _config(tmp_path, "run", epochs=4, tensorboard=True))
+    result = fit(model, train, val, _config(tmp_path, "run", epochs=4, tensorboard=True),
+                 device="cpu")
     assert result.history[-1]["val_top1"] > 60 and result.best_top1 >= 60
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
