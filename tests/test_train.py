@@ -163,3 +163,10 @@ def test_ddp_on_two_cpu_processes_ends_with_identical_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["5.weight"], _net().state_dict()["5.weight"])  # it trained
     assert (tmp_path / "ddp" / "last.pt").exists()  # rank 0 wrote the checkpoint
+
+
+def test_start_epoch_skips_ahead_in_the_schedule(tmp_path):
+    train, _ = _data()
+    result = fit(_net(), train, None, _config(tmp_path, "se", epochs=4, start_epoch=3))
+    assert [r["epoch"] for r in result.history] == [4] and result.steps == 6
+    assert result.history[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine's last epoch
