@@ -59,7 +59,7 @@ class ChildLinear(KernelChild):
             )
         if self.gate is not None:
             pooled = x.flatten(1, -2).mean(dim=1) if x.dim() > 2 else x
-            gate = self.gate.excite(pooled)
+            gate = self.gate(pooled)  # through forward, so hooks on the gate see it
             x = x * gate.view(gate.shape[0], *[1] * (x.dim() - 2), gate.shape[1])
         weight, bias = self._deployed()
         return F.linear(x, weight, bias)

@@ -162,7 +162,8 @@ class ChannelGate(nn.Module):
             nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.excite(x.mean(dim=(2, 3)))
+        """The gate ``[B, C]`` for a feature map ``[B, C, H, W]`` or a pooled ``[B, C]``."""
+        return self.excite(x.mean(dim=(2, 3)) if x.dim() == 4 else x)
 
     def excite(self, pooled: Tensor) -> Tensor:
         """The gate from an already pooled descriptor ``[B, C]`` (the "squeeze" done)."""
