@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo notebooks test lab lint clean
+.PHONY: demo notebooks test lab lint clean browser
 
 $(STAMP): requirements-ci.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ notebooks: $(STAMP)
 	PLOTLY_RENDERER=plotly_mimetype+notebook $(BIN)/jupyter nbconvert --to html --execute --output-dir build/notebooks notebooks/*.ipynb
 	@echo "Executed notebooks written to $(CURDIR)/build/notebooks/"
 
+## browser: Debian's chromium for the test that renders figures in a real browser (needs root
+## and apt-get; where it cannot be installed, that test is skipped and says why)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "chromium could not be installed: the browser test will be skipped"
+
 ## test: lint, unit tests and the notebooks (nbval) in one pytest run
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 

@@ -19,8 +19,9 @@ from torch import nn
 from kdna.nn import ChildConv2d, ParentKernel
 from kdna.report import ConversionReport
 
-__all__ = ["accuracy_vs_parameters", "conversion_tradeoff", "fit_errors", "image_predictions",
-           "kernel_family"]
+__all__ = ["accuracy_vs_parameters", "attribution_overlay", "conversion_tradeoff", "fit_errors",
+           "image_predictions", "kernel_family", "layer_scores", "routing_heatmap",
+           "routing_profile", "similarity_heatmap"]
 
 
 def kernel_family(
@@ -185,4 +186,102 @@ def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
     fig.update_xaxes(type="log", title_text="trainable parameters (log scale)")
     fig.update_yaxes(title_text="validation top-1 (%)")
     fig.update_layout(title=title, height=440, showlegend=False)
+    return fig
+
+
+def similarity_heatmap(similarity, *, title: str | None = None) -> go.Figure:
+    """A layer-by-layer similarity matrix (:func:`kdna.analysis.cka_matrix` or
+    :func:`kdna.analysis.kernel_similarity`) as a heatmap; blank where not comparable."""
+    matrix = similarity.matrix.detach().float().cpu()
+    names = list(similarity.names)
+    if matrix.shape != (len(names), len(names)):
+        raise ValueError(f"matrix of shape {list(matrix.shape)} does not fit {len(names)} names")
+    z = [[None if v != v else v for v in row] for row in matrix.tolist()]  # NaN -> gap
+    low = min(0.0, float(matrix.nan_to_num(0).min()))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=names, y=names, colorscale="Viridis", zmin=low, zmax=1.0,
+        colorbar={"title": {"text": similarity.kind}},
+        hovertemplate="%{y}<br>%{x}<br>%{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="layer", tickfont={"size": 8})
+    fig.update_xaxes(title_text="layer", tickfont={"size": 8}, tickangle=-60)
+    size = max(520, 16 * len(names) + 260)
+    fig.update_layout(title=title or f"{similarity.kind} between layers", width=size + 80,
+                      height=size)
+    return fig
+
+
+def routing_heatmap(gates: torch.Tensor, *, layer: str, labels: Sequence[str] | None = None,
+                    title: str | None = None, center: float = 1.0) -> go.Figure:
+    """Gate vectors ``[inputs, channels]`` of one child as a heatmap, one row per input.
+
+    The colour scale is centred on ``center`` (1 for kdna's identity gate: no change), so
+    boosted channels and suppressed channels take opposite colours. ``labels`` names the rows
+    (e.g. each input's class); sort the inputs by class to see class-specific routing.
+    """
+    gates = gates.detach().float().cpu()
+    if gates.dim() != 2:
+        raise ValueError(f"gates must be [inputs, channels], got shape {list(gates.shape)}")
+    if labels is not None and len(labels) != gates.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {gates.shape[0]} inputs")
+    spread = float((gates - center).abs().max()) or 1.0
+    rows = list(labels) if labels is not None else [f"input {i}" for i in range(len(gates))]
+    fig = go.Figure(go.Heatmap(
+        z=gates.numpy(), y=list(range(len(rows))), colorscale="RdBu_r", zmid=center,
+        zmin=center - spread, zmax=center + spread, customdata=[[r] * gates.shape[1] for r in rows],
+        colorbar={"title": {"text": "gate"}},
+        hovertemplate="input %{y} (%{customdata})<br>channel %{x}<br>gate %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="input channel of the child")
+    fig.update_yaxes(title_text="input (rows grouped by label)" if labels is not None else "input",
+                     autorange="reversed", showticklabels=False)
+    fig.update_layout(title=title or f"Per-input routing of {layer}", height=480)
+    return fig
+
+
+def routing_profile(mean_per_class: torch.Tensor, *, classes: Sequence[str], layer: str,
+                    title: str | None = None) -> go.Figure:
+    """The mean gate per class ``[classes, channels]``: one line per class over the channels."""
+    means = mean_per_class.detach().float().cpu()
+    if means.dim() != 2 or len(classes) != means.shape[0]:
+        raise ValueError(f"need [classes, channels] with one name per class, got shape "
+                         f"{list(means.shape)} and {len(classes)} names")
+    hover = "channel %{x}: %{y:.3f}<extra>%{fullData.name}</extra>"
+    fig = go.Figure([go.Scatter(y=row.numpy(), mode="lines", name=str(name), hovertemplate=hover)
+                     for name, row in zip(classes, means, strict=True)])
+    fig.update_xaxes(title_text="input channel of the child")
+    fig.update_yaxes(title_text="mean gate")
+    fig.update_layout(title=title or f"Mean routing per class in {layer}",
+                      legend_title_text="class", height=440)
+    return fig
+
+
+def attribution_overlay(image: np.ndarray, attribution: torch.Tensor, *, title: str,
+                        opacity: float = 0.55) -> go.Figure:
+    """An attribution map ``[h, w]`` drawn over an image (HWC or HW uint8), resized to it."""
+    attribution = attribution.detach().float().cpu()
+    if attribution.dim() != 2:
+        raise ValueError(f"attribution must be [height, width], got {list(attribution.shape)}")
+    height, width = image.shape[:2]
+    heat = torch.nn.functional.interpolate(attribution[None, None], size=(height, width),
+                                           mode="bilinear", align_corners=False)[0, 0]
+    heat = heat / (heat.abs().max() or 1.0)
+    fig = go.Figure([
+        go.Image(source=_png_source(image, max(height, width)), name="image"),
+        go.Heatmap(z=heat.numpy(), colorscale="Hot", opacity=opacity, zmin=0, zmax=1,
+                   name="attribution", colorbar={"title": {"text": "attribution"}},
+                   hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>")])
+    fig.update_xaxes(title_text="x (pixels)", showticklabels=False)
+    fig.update_yaxes(title_text="y (pixels)", showticklabels=False, autorange="reversed",
+                     scaleanchor="x")
+    fig.update_layout(title=title, height=420, width=480)
+    return fig
+
+
+def layer_scores(scores: Mapping[str, float], *, title: str, yaxis: str) -> go.Figure:
+    """One bar per layer (e.g. each child's routing specialisation), in the given order."""
+    if not scores:
+        raise ValueError("layer_scores needs at least one layer")
+    fig = go.Figure(go.Bar(x=list(scores), y=list(scores.values()),
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=yaxis, height=420)
+    fig.update_xaxes(tickangle=-45)
     return fig

@@ -8,10 +8,15 @@ from kdna import ParentKernel
 from kdna.report import Agreement, ChildFit, ConversionReport, SharedGroup
 from kdna.viz import (
     accuracy_vs_parameters,
+    attribution_overlay,
     conversion_tradeoff,
     fit_errors,
     image_predictions,
     kernel_family,
+    layer_scores,
+    routing_heatmap,
+    routing_profile,
+    similarity_heatmap,
 )
 
 
@@ -92,3 +97,51 @@ def test_accuracy_vs_parameters_has_a_marker_per_method_on_a_log_axis():
     assert fig.layout.yaxis.title.text == "validation top-1 (%)"
     with pytest.raises(ValueError, match=r"result 'x' lacks \['top1'\]"):
         accuracy_vs_parameters({"x": {"trainable": 1}})
+
+
+def test_similarity_heatmap_leaves_incomparable_pairs_blank():
+    from types import SimpleNamespace
+
+    matrix = torch.tensor([[1.0, 0.5, float("nan")], [0.5, 1.0, float("nan")],
+                           [float("nan"), float("nan"), 1.0]])
+    fig = similarity_heatmap(SimpleNamespace(names=["a", "b", "c"], matrix=matrix,
+                                             kind="linear CKA"))
+    (heat,) = fig.data
+    assert heat.type == "heatmap" and heat.z[0][2] is None and heat.z[0][1] == 0.5
+    assert fig.layout.title.text == "linear CKA between layers"
+    assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "layer"
+    with pytest.raises(ValueError, match="does not fit 2 names"):
+        similarity_heatmap(SimpleNamespace(names=["a", "b"], matrix=matrix, kind="x"))
+
+
+def test_routing_figures_have_their_traces_and_axes():
+    gates = torch.tensor([[1.0, 1.5, 0.5], [0.9, 1.1, 1.0]])
+    fig = routing_heatmap(gates, layer="layer3.0.conv2", labels=["cat", "dog"])
+    assert fig.data[0].type == "heatmap" and fig.data[0].zmid == 1.0
+    assert fig.layout.xaxis.title.text == "input channel of the child"
+    assert "layer3.0.conv2" in fig.layout.title.text
+    profile = routing_profile(gates, classes=["cat", "dog"], layer="l")
+    assert [t.name for t in profile.data] == ["cat", "dog"]
+    assert profile.layout.yaxis.title.text == "mean gate"
+    with pytest.raises(ValueError, match="3 labels for 2 inputs"):
+        routing_heatmap(gates, layer="l", labels=["a", "b", "c"])
+    with pytest.raises(ValueError, match="one name per class"):
+        routing_profile(gates, classes=["cat"], layer="l")
+
+
+def test_attribution_overlay_draws_the_map_over_the_image():
+    image = np.zeros((40, 60, 3), np.uint8)
+    fig = attribution_overlay(image, torch.rand(10, 15), title="which pixels")
+    assert [t.type for t in fig.data] == ["image", "heatmap"]
+    assert np.asarray(fig.data[1].z).shape == (40, 60) and np.nanmax(fig.data[1].z) <= 1
+    assert fig.layout.title.text == "which pixels"
+    with pytest.raises(ValueError, match=r"must be \[height, width\]"):
+        attribution_overlay(image, torch.rand(1, 10, 15), title="x")
+
+
+def test_layer_scores_is_one_bar_per_layer():
+    fig = layer_scores({"a": 0.1, "b": 0.7}, title="specialisation", yaxis="share")
+    assert list(fig.data[0].x) == ["a", "b"] and list(fig.data[0].y) == [0.1, 0.7]
+    assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "share"
+    with pytest.raises(ValueError, match="at least one layer"):
+        layer_scores({}, title="t", yaxis="y")

@@ -5,37 +5,17 @@ Usage: python tools/readme_figures.py   (needs Debian's `chromium`; writes docs/
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
 
 import kdna
+from kdna.render import screenshot
 from kdna.viz import fit_errors, kernel_family
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--virtual-time-budget=5000"]
-
-
-def screenshot(fig: go.Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` as a PNG, rendered by the real plotly.js in Chromium."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise FileNotFoundError("Chromium not found: install Debian's `chromium` package")
-    width, height = int(fig.layout.width or 900), int(fig.layout.height or 600)
-    with tempfile.TemporaryDirectory() as tmp:
-        page = Path(tmp) / "figure.html"
-        fig.write_html(page, include_plotlyjs=True, full_html=True,
-                       config={"staticPlot": True})
-        subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile",
-                        f"--window-size={width},{height}", f"--screenshot={path}", page.as_uri()],
-                       check=True, capture_output=True, timeout=120)
 
 
 def kernel_family_example() -> go.Figure:
@@ -60,11 +40,41 @@ def fit_errors_example() -> go.Figure:
     return fig
 
 
+def routing_example() -> go.Figure:
+    """The routing of the fine-tuned network that notebook 05 caches (run it first)."""
+    from torch.utils.data import DataLoader
+
+    from kdna.analysis import capture_routing, routing_statistics
+    from kdna.checkpoint import load_checkpoint
+    from kdna.data import load_data
+    from kdna.models import efficientnet_lite
+    from kdna.viz import routing_heatmap
+
+    state = load_checkpoint(ROOT / "data" / "cache" / "05_routing" / "last.pt")
+    model = kdna.create_model("efficientnet_lite0", kernel_dna=False, num_classes=10)
+    kdna.convert(model, groups=state["meta"]["layout"])
+    model.load_state_dict(state["model"])
+    data = load_data("mnist", image_size=48, mean=efficientnet_lite.MEAN,
+                     std=efficientnet_lite.STD, limit=1280, seed=0)
+    loader = DataLoader(data.val, batch_size=256)
+    routing = capture_routing(model, loader)
+    labels = torch.cat([y for _, y in loader])
+    stats = routing_statistics(routing, labels)
+    chosen = max(stats.specialisation, key=stats.specialisation.get)
+    order = torch.argsort(labels, stable=True)[::5]
+    fig = routing_heatmap(routing.gates[chosen][order], layer=chosen,
+                          labels=[str(i) for i in labels[order].tolist()],
+                          title=f"Per-input routing of {chosen} after fine-tuning on MNIST "
+                                "(200 digits sorted 0 to 9, one row each)")
+    fig.update_layout(width=1000, height=520)
+    return fig
+
+
 def main() -> int:
     out = ROOT / "docs" / "figures"
     out.mkdir(parents=True, exist_ok=True)
     for name, figure in (("kernel_family", kernel_family_example),
-                         ("fit_errors", fit_errors_example)):
+                         ("fit_errors", fit_errors_example), ("routing", routing_example)):
         screenshot(figure(), out / f"{name}.png")
         print(f"wrote {out / name}.png")
     return 0
