@@ -2,8 +2,9 @@
 
 Convert the pretrained EfficientNet-Lite0 (ImageNet weights from pip) into a KernelDNA
 network, fine-tune only its adapters, norms and head on 5,000 real MNIST digits, evaluate,
-and write a short report to ``runs/demo/``: ``report.md`` (read it), ``summary.json``
-(machine-readable), ``metrics.csv`` and TensorBoard events, and the checkpoints.
+and write a short report to ``runs/demo/``: ``report.md`` (read it), ``routing.html`` (the
+gates of one child per input), ``summary.json`` (machine-readable), ``metrics.csv`` and
+TensorBoard events, and the checkpoints.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
+from kdna.analysis import capture_routing, routing_statistics
 from kdna.convert import convert
 from kdna.data import load_data
 from kdna.freeze import adapter_only
 from kdna.models import create_model
 from kdna.models.efficientnet_lite import MEAN, STD
 from kdna.train import TrainConfig, evaluate, fit
+from kdna.viz import routing_heatmap
 
 __all__ = ["run_demo"]
 
@@ -29,6 +33,22 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _routing_figure(model, data, out: Path) -> tuple[Path, str]:
+    """Write the most class-specific child's per-input routing as a standalone HTML page."""
+    loader = DataLoader(Subset(data.val, range(min(200, len(data.val)))), batch_size=100)
+    routing = capture_routing(model, loader)
+    labels = torch.cat([y for _, y in loader])
+    stats = routing_statistics(routing, labels)
+    score = stats.specialisation
+    chosen = max(score, key=lambda name: score[name] if score[name] == score[name] else -1.0)
+    order = torch.argsort(labels, stable=True)
+    fig = routing_heatmap(routing.gates[chosen][order], layer=chosen,
+                          labels=[data.classes[i] for i in labels[order].tolist()])
+    page = out / "routing.html"
+    fig.write_html(page, include_plotlyjs=True, full_html=True)
+    return page, chosen
 
 
 def run_demo(out: Path = Path("runs/demo"), *, epochs: int = 4, image_size: int = 64,
@@ -52,6 +72,7 @@ def run_demo(out: Path = Path("runs/demo"), *, epochs: int = 4, image_size: int 
                        "num_classes": data.num_classes, "image_size": image_size,
                        "data": "mnist", "seed": 0, "limit": limit, "adapters_only": True})
     final = result.history[-1]
+    routing_page, chosen = _routing_figure(model, data, out)
     summary = {
         "device": _device_name(device), "data": f"MNIST ({len(data.train)} train, "
         f"{len(data.val)} val, {image_size}x{image_size})",
@@ -80,6 +101,9 @@ adapters-only (`kdna.adapter_only`) on {summary["data"]}.
 | validation top-1 after {epochs} epochs ({result.steps} steps) | {final["val_top1"]:.1f}% |
 | training time | {timing} |
 | total time | {summary["total_seconds"]:.0f} s |
+
+Routing: `{routing_page}` shows the gate of {chosen} (the child whose routing depends most on
+the digit) for 200 validation digits sorted by class, one row each.
 
 Logs: `{out / "metrics.csv"}` and TensorBoard events in `{out}`; checkpoints `last.pt`, `best.pt`
 (evaluate again with `kdna eval --resume {out / "best.pt"}`).

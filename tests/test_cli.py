@@ -84,7 +84,9 @@ def test_the_demo_runs_and_writes_its_report(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["parameters_kernel_dna"] < summary["parameters_pretrained"]
     assert summary["trainable"] < summary["parameters_kernel_dna"]
-    assert {"metrics.csv", "last.pt", "best.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.csv", "last.pt", "best.pt", "routing.html"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert "Routing: " in report and "plotly" in (tmp_path / "routing.html").read_text()
 
 
 def test_python_dash_m_kdna_is_the_same_command():
