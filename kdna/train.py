@@ -29,9 +29,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from kdna.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kdna.evaluate import Metrics, _batches, _rank, evaluate, recalibrate_batchnorm
 
 __all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "evaluate", "fit",
            "recalibrate_batchnorm"]
@@ -87,16 +87,6 @@ class TrainConfig:
                              f"eta_min={self.eta_min}")
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """Loss and accuracy over a data set."""
-
-    loss: float
-    top1: float
-    top5: float
-    samples: int
-
-
 @dataclass
 class TrainResult:
     """What :func:`fit` did: per-epoch history, best accuracy, where the checkpoints are."""
@@ -138,10 +128,6 @@ class EpochSampler(Sampler[int]):
         return self.size - self.start
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -171,68 +157,6 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
                                weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999),
                              weight_decay=config.weight_decay)
-
-
-def _batches(loader: DataLoader, device: torch.device, channels_last: bool, desc: str,
-             show: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not show):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        yield images, labels.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-             device: torch.device | str | None = None, workers: int = 0,
-             progress: bool = True, channels_last: bool = False) -> Metrics:
-    """Cross-entropy, top-1 and top-5 accuracy of ``model`` on ``dataset`` (eval mode).
-
-    Under ``torch.distributed`` each rank evaluates its shard and the sums are all-reduced.
-    """
-    if device is not None:
-        model.to(device)
-    device = next(model.parameters()).device
-    distributed = dist.is_available() and dist.is_initialized()
-    sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=False) if distributed
-               else None)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
-    for images, labels in _batches(loader, device, channels_last, "eval",
-                                   progress and _rank() == 0):
-        logits = model(images).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == labels[:, None]
-        totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
-                               hits[:, 0].sum(), hits.any(dim=1).sum(),
-                               torch.tensor(len(labels), device=device)]).double()
-    if distributed:
-        dist.all_reduce(totals)
-    model.train(was_training)
-    loss, top1, top5, n = totals.tolist()
-    if n == 0:
-        raise ValueError("cannot evaluate on an empty data set")
-    return Metrics(loss / n, 100 * top1 / n, 100 * top5 / n, int(n))
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batches: int, batch_size: int,
-                          device: torch.device, channels_last: bool = False) -> None:
-    """Re-estimate every BatchNorm's running statistics from the first ``batches`` batches.
-
-    The statistics become plain averages over those batches under the current weights
-    (``torch.optim.swa_utils.update_bn``). Every rank reads the same batches, so the
-    statistics agree across a distributed run.
-    """
-    loader = DataLoader(dataset, batch_size=batch_size)
-    first = (images for i, (images, _) in enumerate(loader) if i < batches)
-    was_training = model.training
-    torch.optim.swa_utils.update_bn(
-        (x.contiguous(memory_format=torch.channels_last) if channels_last else x
-         for x in first), model, device=device)
-    model.train(was_training)
 
 
 class _Logger:
