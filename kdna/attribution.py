@@ -15,13 +15,13 @@ open or close its input channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from captum.attr import IntegratedGradients, Saliency
 from torch import Tensor, nn
 
+from kdna.hooks import eval_mode
 from kdna.nn import ChannelGate
 
 __all__ = ["METHODS", "attribute_gate", "attribute_prediction", "gated_children"]
@@ -53,7 +53,7 @@ def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor 
     """
     _check_method(method, steps)
     inputs = _images(model, inputs)
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
             logits = model(inputs)
         if logits.dim() != 2 or logits.shape[0] != inputs.shape[0]:
@@ -91,7 +91,7 @@ def attribute_gate(model: nn.Module, inputs: Tensor, child: str, channel: int | 
         raise ValueError(f"channel must be None or an int in [0, {gate.channels}) for child "
                          f"{child!r}, got {channel!r}")
     inputs = _images(model, inputs)
-    with _eval_mode(model):
+    with eval_mode(model):
         return _attribute(_gate_score(model, gate, child, channel), inputs, None, method, steps)
 
 
@@ -186,15 +186,3 @@ def _target(target: int | Tensor | None, logits: Tensor) -> Tensor:
         raise ValueError(f"target must hold one class in [0, {classes}) per image (batch "
                          f"{batch}), got {target.tolist()}")
     return target
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then every module back in the mode it was in."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -26,13 +26,11 @@ from kdna.checkpoint import load_checkpoint
 from kdna.convert import convert, count_parameters
 from kdna.data import IMAGENET_MEAN, IMAGENET_STD, load_data
 from kdna.freeze import adapter_only
-from kdna.models import create_model, list_models
+from kdna.models import create_model, efficientnet_lite, list_models
 from kdna.train import TrainConfig, evaluate, fit
 
 __all__ = ["build_model", "main", "parser"]
 
-# EfficientNet-Lite0's shipped weights expect inputs in [-1, 1]; torchvision's, ImageNet's.
-_LITE_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def _add(group: argparse._ActionsContainer, *names: str, **kwargs: Any) -> None:
@@ -143,7 +141,10 @@ def build_model(arch: str, *, num_classes: int, customize: bool = False,
 
 def _data(args: argparse.Namespace, arch: str, meta: dict):
     """The data the flags name; a resumed or evaluated checkpoint defaults to its own."""
-    mean, std = _LITE_NORM if "lite" in arch.lower() else (IMAGENET_MEAN, IMAGENET_STD)
+    # EfficientNet-Lite0's shipped weights expect inputs in [-1, 1]; torchvision's, ImageNet's.
+    lite = "lite" in arch.lower()
+    mean = efficientnet_lite.MEAN if lite else IMAGENET_MEAN
+    std = efficientnet_lite.STD if lite else IMAGENET_STD
     source = "synthetic" if args.dummy else (args.data or meta.get("data"))
     if source is None:
         raise SystemExit("kdna: give --data PATH_OR_NAME, or --dummy for a synthetic set")

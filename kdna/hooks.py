@@ -62,23 +62,31 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every module back in the mode it was in."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+@contextmanager
 def _hooked(model: nn.Module, modules: dict[str, nn.Module],
             record: Callable[[str, nn.Module, Tensor], None]) -> Iterator[torch.device]:
     """Eval mode, no grad, a forward hook on each of ``modules``; all undone on exit."""
-    modes = {m: m.training for m in model.modules()}
     handles = []
     try:
         for name, module in modules.items():
             handles.append(module.register_forward_hook(
                 lambda mod, _args, out, name=name: record(name, mod, out)))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             yield _device(model)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
 
 
 def _output(name: str, out: object) -> Tensor:
