@@ -1,4 +1,4 @@
-"""``kdna train / eval / demo``: the reference code's command line, done right.
+"""``kdna train / eval / metrics / demo``: the reference code's command line, done right.
 
 The reference flags work as before (``--data --ckpt_dir --log_dir --arch --customize
 --pretrained --epochs --warmup-epochs --start-epoch -b --lr --momentum --wd --eta-min -j
@@ -6,7 +6,7 @@ The reference flags work as before (``--data --ckpt_dir --log_dir --arch --custo
 spelling. New: ``--convert`` (convert a pretrained model with :func:`kdna.convert`),
 ``--adapters-only`` (train only what KernelDNA added, norms and head), ``--image-size``,
 ``--optimizer``, ``--label-smoothing``, ``--max-steps``, ``--limit``. Everything is written
-under ``./runs/`` unless told otherwise.
+under ``./runs/`` unless told otherwise. ``kdna metrics`` lives in :mod:`kdna.metrics`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdna import distributed
+from kdna import distributed, metrics
 from kdna.checkpoint import load_checkpoint
 from kdna.convert import convert, count_parameters
 from kdna.data import IMAGENET_MEAN, IMAGENET_STD, load_data
@@ -100,7 +100,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The ``kdna`` argument parser (``train``, ``eval``, ``demo``)."""
+    """The ``kdna`` argument parser (``train``, ``eval``, ``metrics``, ``demo``)."""
     p = argparse.ArgumentParser(prog="kdna", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train or fine-tune a model"),
@@ -109,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
         _model_options(s)
         _data_options(s)
         _train_options(s)
+    metrics.configure(sub.add_parser(
+        "metrics", help="parameters, MACs, latency, throughput; --compare for the speed table"),
+        _add)
     demo = sub.add_parser("demo", help="the main job offline: convert EfficientNet-Lite0, "
                           "fine-tune its adapters on MNIST, report")
     _add(demo, "--out", default="runs/demo")
@@ -218,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_demo(out=Path(args.out), epochs=args.epochs, image_size=args.image_size,
                           limit=args.limit, progress=not args.no_progress)
         print(report.read_text())
+        return 0
+    if args.command == "metrics":
+        print(metrics.run(args))
         return 0
     args.evaluate = args.evaluate or args.command == "eval"
     if args.multiprocessing_distributed:

@@ -59,9 +59,11 @@ def _norm_name(child_name: str) -> str | None:
     return f"bn{match.group(1)}" if match else None
 
 
-def following_norms(model: nn.Module) -> dict[ChildConv2d, tuple[nn.Module, str]]:
-    """Map each child to ``(container, attribute)`` of the BatchNorm2d that follows it."""
-    found: dict[ChildConv2d, tuple[nn.Module, str]] = {}
+def following_norms(model: nn.Module, kinds: type | tuple[type, ...] = ChildConv2d
+                    ) -> dict[nn.Module, tuple[nn.Module, str]]:
+    """Map each convolution of type ``kinds`` (by default the KernelDNA children) to
+    ``(container, attribute)`` of the BatchNorm2d that follows it."""
+    found: dict[nn.Module, tuple[nn.Module, str]] = {}
     for container in model.modules():
         named = list(container.named_children())
         if isinstance(container, nn.Sequential):
@@ -71,7 +73,7 @@ def following_norms(model: nn.Module) -> dict[ChildConv2d, tuple[nn.Module, str]
             pairs = [(m, (_norm_name(name), siblings.get(_norm_name(name) or "")))
                      for name, m in named]
         for module, (norm_name, norm) in pairs:
-            if (isinstance(module, ChildConv2d) and isinstance(norm, nn.BatchNorm2d)
+            if (isinstance(module, kinds) and isinstance(norm, nn.BatchNorm2d)
                     and norm.num_features == module.out_channels):
                 found[module] = (container, norm_name)
     return found

@@ -10,14 +10,14 @@ adapts it in two decoupled ways:
   child's *input channels* that multiplies the activations, not the weights.
 
 Because the gate scales the input, the child is still one ordinary ``F.conv2d`` on the
-normal batch: ``conv2d(x * g(x), W)``. No per-sample kernels are ever built.
+normal batch: ``conv2d(x * g(x), W)``. No per-sample kernels are ever built. The gate itself
+lives in :mod:`kdna.gate` (re-exported here).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,18 +25,9 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from kdna.functional import modulated_weight
+from kdna.gate import ChannelGate, GateForm, _positive_int
 
 __all__ = ["ChannelGate", "ChildConv2d", "GateForm", "KernelChild", "ParentKernel"]
-
-GateForm = Literal["paper", "identity"]
-_GATE_FORMS = ("paper", "identity")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
 
 def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
     _positive_int("groups", groups)
@@ -125,66 +116,6 @@ class ParentKernel(nn.Module):
                 + (f", groups={self.groups}" if self.groups != 1 else ""))
 
 
-class ChannelGate(nn.Module):
-    """Squeeze-and-excitation gate over input channels: ``[B, C, H, W] -> [B, C]``.
-
-    ``g(x) = act(fc2(relu(bn(fc1(mean_hw(x))))))`` with ``fc1: C -> C // reduction`` (no
-    bias) and ``fc2: C // reduction -> C``.
-
-    Two forms:
-
-    * ``"paper"``: ``act = sigmoid``, default initialisation. The gate is about 0.5 at the
-      start, which is fine when training from scratch.
-    * ``"identity"``: ``act = 2 * sigmoid`` with ``fc2`` zero-initialised, so the gate is
-      exactly 1 at initialisation and a converted pretrained network starts from the
-      function it was given. Its range is (0, 2): it can boost a channel as well as damp it.
-    """
-
-    def __init__(self, channels: int, reduction: int = 4, *, form: GateForm = "paper") -> None:
-        super().__init__()
-        _positive_int("channels", channels)
-        _positive_int("reduction", reduction)
-        if form not in _GATE_FORMS:
-            raise ValueError(f"gate form must be one of {_GATE_FORMS}, got {form!r}")
-        self.channels, self.reduction, self.form = channels, reduction, form
-        hidden = max(1, channels // reduction)
-        self.fc1 = nn.Linear(channels, hidden, bias=False)
-        self.bn = nn.BatchNorm1d(hidden)
-        self.fc2 = nn.Linear(hidden, channels)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.fc1.reset_parameters()
-        self.bn.reset_parameters()
-        self.fc2.reset_parameters()
-        if self.form == "identity":
-            nn.init.zeros_(self.fc2.weight)
-            nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The gate ``[B, C]`` for a feature map ``[B, C, H, W]`` or a pooled ``[B, C]``."""
-        return self.excite(x.mean(dim=(2, 3)) if x.dim() == 4 else x)
-
-    def excite(self, pooled: Tensor) -> Tensor:
-        """The gate from an already pooled descriptor ``[B, C]`` (the "squeeze" done)."""
-        gate = torch.sigmoid(self.fc2(F.relu(self.bn(self.fc1(pooled)))))
-        return gate if self.form == "paper" else 2 * gate
-
-    # The form travels in the state_dict: weights trained with one activation are only right
-    # with that activation, so loading them also sets it.
-    def get_extra_state(self) -> dict[str, str]:
-        return {"form": self.form}
-
-    def set_extra_state(self, state: dict[str, str]) -> None:
-        if state.get("form") not in _GATE_FORMS:
-            raise ValueError(f"gate form in the state_dict must be one of {_GATE_FORMS}, got "
-                             f"{state.get('form')!r}")
-        self.form = state["form"]
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}, reduction={self.reduction}, form={self.form!r}"
-
-
 def _parent_weight(parent: nn.Module, dim: int, expected: str) -> nn.Parameter:
     weight = getattr(parent, "weight", None)
     if not (isinstance(parent, nn.Module) and isinstance(weight, nn.Parameter)
@@ -263,11 +194,15 @@ class KernelChild(nn.Module):
     def _cache(self, weight: Tensor, bias: Tensor | None) -> None:
         self.folded_weight = weight.detach().clone()
         self.folded_bias = None if bias is None else bias.detach().clone()
+        if self.gate is not None:
+            self.gate.fold()
 
     def unfold(self) -> None:
         """Drop the cached deployment weight; the trainable form was never touched."""
         self.folded_weight = None
         self.folded_bias = None
+        if self.gate is not None:
+            self.gate.unfold()
 
 
 class ChildConv2d(KernelChild):
@@ -336,9 +271,15 @@ class ChildConv2d(KernelChild):
                 f"expected a 4-D input [batch, {self.in_channels}, height, width], "
                 f"got shape {list(x.shape)}"
             )
-        if self.gate is not None:
-            x = x * self.gate(x)[:, :, None, None]
         weight, bias = self._deployed()
+        if self.gate is not None:
+            gate = self.gate(x)
+            if x.shape[0] == 1 and self.groups == 1 and weight.numel() < x.numel():
+                # One image: scaling its input channels equals scaling the kernel's input
+                # columns, and the kernel is the smaller tensor to scale (early, large maps).
+                weight = weight * gate[:, :, None, None]
+            else:
+                x = x * gate[:, :, None, None]
         if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
             # The modulated weight is computed in the default (NCHW) layout; a channels-last
             # input with an NCHW weight would make the convolution convert layouts each call.
