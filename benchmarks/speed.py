@@ -1,6 +1,6 @@
 """KernelDNA against the static network and the other dynamic convolutions, in one harness.
 
-    python benchmarks/speed.py                # CPU, 2 threads: about 25 minutes on 2 cores
+    python benchmarks/speed.py                # CPU, 2 threads: about 6 minutes on 2 cores
     python benchmarks/speed.py --device cuda  # GPU: batch 128, fp32 and bf16 channels-last
 
 Writes ``benchmarks/results/<device>.md`` and ``.csv``. Every ratio is read against the static
@@ -38,9 +38,9 @@ def _runs(device: str, quick: bool) -> list[tuple[str, Options, int, tuple[str, 
                 ("training step", Options(mode="train", warmup=0, iters=1), 2, cheap)]
     if device == "cpu":
         return [
-            ("inference, deployed", Options(warmup=3, iters=20, deploy=True), 1, VARIANTS),
-            ("inference, deployed", Options(warmup=1, iters=5, deploy=True), 32, VARIANTS),
-            ("inference, eager", Options(warmup=1, iters=5), 32, cheap),
+            ("inference, deployed", Options(warmup=5, iters=60, deploy=True), 1, VARIANTS),
+            ("inference, deployed", Options(warmup=2, iters=8, deploy=True), 32, VARIANTS),
+            ("inference, eager", Options(warmup=2, iters=8), 32, cheap),
             ("training step", Options(mode="train", warmup=1, iters=3), 32, cheap),
         ]
     gpu = {"device": device, "channels_last": True, "warmup": 10, "iters": 30}
