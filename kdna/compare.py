@@ -81,9 +81,14 @@ def run_comparison(arch: str = "resnet18", input_shape: tuple[int, ...] = (1, 3,
                    deploy=deployed, **option_overrides)
 
 
+def _relative(results: Sequence[Measurement], baseline: str) -> dict[str, float]:
+    """Throughput ratios to ``baseline``; none when it was not measured."""
+    return ratios(list(results), baseline) if any(r.name == baseline for r in results) else {}
+
+
 def markdown_table(results: Sequence[Measurement], baseline: str = "static") -> str:
     """A Markdown table: size, latency (median and quartiles), throughput and its ratio."""
-    relative = ratios(list(results), baseline) if any(r.name == baseline for r in results) else {}
+    relative = _relative(results, baseline)
     lines = [f"| model | params (M) | MACs (G) | latency ms (p25-p75) | img/s | x {baseline} "
              "| peak MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -98,7 +103,7 @@ def markdown_table(results: Sequence[Measurement], baseline: str = "static") -> 
 def write_csv(path: str | Path, results: Sequence[Measurement], *, baseline: str = "static",
               extra: dict[str, object] | None = None, append: bool = False) -> None:
     """Write (or append) one CSV row per result, with its ratio to ``baseline``."""
-    relative = ratios(list(results), baseline) if any(r.name == baseline for r in results) else {}
+    relative = _relative(results, baseline)
     rows = [{**(extra or {}), **r.row(), f"x_{baseline}": relative.get(r.name, "")}
             for r in results]
     if not rows:

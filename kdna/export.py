@@ -44,12 +44,11 @@ def deploy(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     for conv, (container, name) in plain.items():
         norm = getattr(container, name)
         fused = fuse_conv_bn_eval(conv, norm)
-        for owner in model.modules():  # swap the convolution where it runs; children that
-            if isinstance(owner, KernelChild):  # share its kernel keep the unfused original
-                continue
-            for attr, module in list(owner.named_children()):
-                if module is conv:
-                    setattr(owner, attr, fused)
+        # Swap the convolution where it runs, beside its norm; children that share its
+        # kernel (KernelDNA parents) hold the unfused original, which unfold needs.
+        for attr, module in list(container.named_children()):
+            if module is conv:
+                setattr(container, attr, fused)
         setattr(container, name, nn.Identity())  # one-way: kdna.unfold restores children only
     return model
 

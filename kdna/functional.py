@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gated_kernels", "modulated_weight", "per_sample_conv2d"]
+__all__ = ["batchnorm_affine", "gated_kernels", "modulated_weight", "per_sample_conv2d"]
 
 
 def modulated_weight(
@@ -94,3 +94,18 @@ def per_sample_conv2d(
     if bias is not None:
         out = out + (bias if bias.dim() == 2 else bias.expand(batch, c_out))[:, :, None, None]
     return out
+
+
+def batchnorm_affine(norm: torch.nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``norm(x) == x * scale + shift`` in eval mode, per channel.
+
+    What folding a BatchNorm into the layer before it multiplies and adds (the running
+    statistics and, when the norm is affine, its weight and bias).
+    """
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdna.functional import batchnorm_affine
+
 __all__ = ["ChannelGate", "GateForm"]
 
 GateForm = Literal["paper", "identity"]
@@ -82,9 +84,8 @@ class ChannelGate(nn.Module):
         One small matmul with a bias replaces a matmul and a normalisation; the gate's
         output is unchanged in eval mode. :meth:`unfold` drops the cache.
         """
-        scale = torch.rsqrt(self.bn.running_var + self.bn.eps) * self.bn.weight
+        scale, self.folded_fc1_bias = batchnorm_affine(self.bn)
         self.folded_fc1_weight = self.fc1.weight * scale[:, None]
-        self.folded_fc1_bias = self.bn.bias - self.bn.running_mean * scale
 
     def unfold(self) -> None:
         self.folded_fc1_weight = self.folded_fc1_bias = None

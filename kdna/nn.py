@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from kdna.functional import modulated_weight
+from kdna.functional import batchnorm_affine, modulated_weight
 from kdna.gate import ChannelGate, GateForm, _positive_int
 
 __all__ = ["ChannelGate", "ChildConv2d", "GateForm", "KernelChild", "ParentKernel"]
@@ -296,12 +296,7 @@ class ChildConv2d(KernelChild):
                     f"can only fold a BatchNorm2d with running statistics over "
                     f"{self.out_channels} channels, got {norm}"
                 )
-            scale = torch.rsqrt(norm.running_var + norm.eps)
-            if norm.weight is not None:
-                scale = scale * norm.weight
-            shift = -norm.running_mean * scale
-            if norm.bias is not None:
-                shift = shift + norm.bias
+            scale, shift = batchnorm_affine(norm)
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
         self._cache(weight, bias)
