@@ -5,7 +5,7 @@
 
 Writes ``benchmarks/results/<device>.md`` and ``.csv``. Every ratio is read against the static
 network measured in the same run, interleaved round by round (:func:`kdna.bench.compare`).
-Inference is timed in each network's deployment form (:func:`kdna.export.deploy`: BatchNorms
+Inference is timed in each network's deployment form (:func:`kdna.deploy.deploy`: BatchNorms
 folded wherever the method allows, the static network included); "eager" rows show the same
 networks without folding. The targets from issue 6 are checked at the end of the report.
 Not a test: timings on shared machines are noisy, so read the spread column too.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from kdna.bench import Measurement, Options, device_description, ratios
-from kdna.compare import VARIANTS, markdown_table, run_comparison, write_csv
+from kdna.bench.variants import VARIANTS, markdown_table, run_comparison, write_csv
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = ("resnet18", "mobilenet_v2")

@@ -2,15 +2,27 @@
 
 Children share a parent kernel through a tiny adapter (static per-filter and per-tap scales
 plus an input-dependent channel gate) and still run as one ordinary convolution.
+
+The method lives in :mod:`kdna.nn`; each job has its own subpackage, and imports only point
+down this list: :mod:`kdna.conversion` (bringing KernelDNA to a network), :mod:`kdna.data`,
+:mod:`kdna.models`, :mod:`kdna.train`, :mod:`kdna.analysis`, :mod:`kdna.viz`,
+:mod:`kdna.deploy`, :mod:`kdna.bench`, :mod:`kdna.dense` and :mod:`kdna.cli`.
 """
 
-from kdna.convert import convert, count_parameters
-from kdna.fold import FoldedNorm, fold, unfold
-from kdna.freeze import TrainableCount, adapter_only
-from kdna.linear import ChildLinear
+from kdna.conversion import ConversionReport, TrainableCount, adapter_only, convert
 from kdna.models import create_model, list_models
-from kdna.nn import ChannelGate, ChildConv2d, GateForm, KernelChild, ParentKernel
-from kdna.report import ConversionReport
+from kdna.nn import (
+    ChannelGate,
+    ChildConv2d,
+    ChildLinear,
+    FoldedNorm,
+    GateForm,
+    KernelChild,
+    ParentKernel,
+    count_parameters,
+    fold,
+    unfold,
+)
 
 __version__ = "0.1.0"
 

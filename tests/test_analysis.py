@@ -21,6 +21,7 @@ from kdna.analysis import (
     linear_cka,
     most_changed_channels,
     routing_statistics,
+    similarity,
 )
 
 
@@ -102,13 +103,13 @@ def test_cka_matrix_compares_every_default_layer_in_model_order(device):
 
 def test_cka_matrix_pools_large_activations_to_bounded_features():
     conv = nn.Conv2d(8, 8, 1)
-    pooled = analysis._pooled(conv, torch.randn(2, 8, 40, 30))
+    pooled = similarity._pooled(conv, torch.randn(2, 8, 40, 30))
     assert pooled.shape[0] == 2 and 2048 < pooled.shape[1] <= analysis.MAX_FEATURES
     small = torch.randn(2, 8, 4, 4)
-    torch.testing.assert_close(analysis._pooled(conv, small), small.flatten(1))
-    last = analysis._pooled(nn.Linear(4, 16), torch.randn(2, 50, 50, 16))  # channels-last
+    torch.testing.assert_close(similarity._pooled(conv, small), small.flatten(1))
+    last = similarity._pooled(nn.Linear(4, 16), torch.randn(2, 50, 50, 16))  # channels-last
     assert last.shape[1] <= analysis.MAX_FEATURES and last.shape[1] % 16 == 0
-    wide = analysis._pooled(conv, torch.randn(2, 5000, 3, 3))  # wider than the limit
+    wide = similarity._pooled(conv, torch.randn(2, 5000, 3, 3))  # wider than the limit
     assert wide.shape == (2, 5000)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
     sim = cka_matrix(net, torch.randn(6, 3, 32, 32))  # 8192 features per sample
@@ -294,7 +295,7 @@ def test_cka_matrix_gives_the_same_values_without_gram_matrices(monkeypatch):
     torch.manual_seed(0)
     net, x = randomize(TinyNet()), torch.randn(8, 3, 12, 12)
     gram = cka_matrix(net, x).matrix
-    monkeypatch.setattr(analysis, "_GRAM_SAMPLES", 4)  # a batch larger than this: pairwise
+    monkeypatch.setattr(similarity, "_GRAM_SAMPLES", 4)  # a batch larger than this: pairwise
     torch.testing.assert_close(cka_matrix(net, x).matrix, gram)
 
 

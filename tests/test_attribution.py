@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from kdna import ParentKernel
-from kdna.attribution import METHODS, attribute_gate, attribute_prediction, gated_children
+from kdna.analysis.attribution import METHODS, attribute_gate, attribute_prediction, gated_children
 
 ROWS, COLS = slice(2, 5), slice(3, 7)
 

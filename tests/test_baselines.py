@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdna.baselines import (
+from kdna.bench.baselines import (
     ARCHS,
     BASELINES,
     CondConv2d,
@@ -16,8 +16,8 @@ from kdna.baselines import (
     build_baseline,
     dynamic_network,
 )
-from kdna.convert import count_parameters
-from kdna.functional import gated_kernels
+from kdna.nn import count_parameters
+from kdna.nn.functional import gated_kernels
 
 METHODS = {
     "condconv": (CondConv2d, {"num_experts": 3}),

@@ -6,6 +6,8 @@ skipped, saying so.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from kdna.render import find_chromium, render_dom, screenshot
 from kdna.viz import routing_heatmap, similarity_heatmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from render import find_chromium, render_dom, screenshot
 
 try:
     find_chromium()

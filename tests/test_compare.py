@@ -6,8 +6,14 @@ import json
 import pytest
 import torch
 
+from kdna.bench.variants import (
+    VARIANTS,
+    comparison_models,
+    markdown_table,
+    run_comparison,
+    write_csv,
+)
 from kdna.cli import main
-from kdna.compare import VARIANTS, comparison_models, markdown_table, run_comparison, write_csv
 
 
 def test_every_variant_of_resnet18_builds_and_keeps_the_output_shape():

@@ -1,4 +1,4 @@
-"""kdna.dense and kdna.dense_train: KernelDNA backbones in torchvision's detectors and
+"""kdna.dense and kdna.dense.train: KernelDNA backbones in torchvision's detectors and
 segmenters, their training loop and metrics. Tiny images keep every test to seconds."""
 
 import socket
@@ -11,18 +11,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import kdna.models._layout
+import kdna.models.layout
+from kdna.data.shapes import ShapesDataset, collate
 from kdna.dense import (
     GateNorm,
     deeplabv3,
+    evaluate_detection,
+    evaluate_segmentation,
     faster_rcnn,
     mask_rcnn,
     resnet_fpn_backbone,
     resnet_trunk,
+    train_dense,
 )
-from kdna.dense_train import evaluate_detection, evaluate_segmentation, train_dense
 from kdna.nn import ChannelGate, KernelChild
-from kdna.shapes import ShapesDataset, collate
 
 SMALL = {"min_size": 64, "max_size": 64, "fpn_channels": 32, "representation_size": 64,
          "anchor_sizes": (16, 32, 64, 128)}
@@ -80,7 +82,7 @@ def test_gates_keep_running_statistics_so_batch_one_trains(shapes):
 
 def test_pretrained_backbone_freezes_norms_and_early_stages(monkeypatch):
     # No network in tests: pretend the weights were loaded (the trunk stays random).
-    monkeypatch.setattr(kdna.models._layout, "torchvision_weights", lambda arch, weights: None)
+    monkeypatch.setattr(kdna.models.layout, "torchvision_weights", lambda arch, weights: None)
     backbone = resnet_fpn_backbone("resnet18", kernel_dna="convert", weights_backbone="DEFAULT")
     body = backbone.body
     assert not any(type(m) is nn.BatchNorm2d for m in body.modules())

@@ -6,7 +6,7 @@ from conftest import TinyNet, randomize
 from torch import nn
 
 import kdna
-from kdna.export import check_onnx, deploy, export_onnx
+from kdna.deploy import check_onnx, deploy, export_onnx
 
 
 def _converted_resnet():

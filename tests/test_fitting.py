@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdna.fitting import fit_scales
-from kdna.functional import modulated_weight
+from kdna.nn import fit_scales
+from kdna.nn.functional import modulated_weight
 
 
 def _scaled_copy(parent, gen):

@@ -54,5 +54,5 @@ def test_head_choice_and_errors(converted):
     assert not converted.fc.weight.requires_grad
     with pytest.raises(ValueError, match="head 'classifier' is not a module of ResNet"):
         adapter_only(converted, head="classifier")
-    with pytest.raises(ValueError, match="has no KernelDNA children: convert it first"):
+    with pytest.raises(ValueError, match="has no KernelDNA children; convert it first"):
         adapter_only(nn.Sequential(nn.Conv2d(3, 3, 1)))

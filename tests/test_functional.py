@@ -1,10 +1,10 @@
-"""kdna.functional against plain per-sample loops."""
+"""kdna.nn.functional against plain per-sample loops."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kdna.functional import gated_kernels, modulated_weight, per_sample_conv2d
+from kdna.nn.functional import gated_kernels, modulated_weight, per_sample_conv2d
 
 
 @pytest.mark.parametrize("groups,c_in,c_out", [(1, 6, 4), (2, 6, 4), (6, 6, 6)])

@@ -1,4 +1,4 @@
-"""kdna.shapes: the synthetic shapes set (deterministic, valid targets, segmentation view),
+"""kdna.data.shapes: the synthetic shapes set (deterministic, valid targets, segmentation view),
 collate, and Penn-Fudan's offline failure."""
 
 import socket
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import masks_to_boxes
 
-from kdna.shapes import SHAPES, ShapesDataset, collate, penn_fudan
+from kdna.data.shapes import SHAPES, ShapesDataset, collate, penn_fudan
 
 
 @pytest.fixture(scope="module")

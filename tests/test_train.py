@@ -12,8 +12,14 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdna.checkpoint import load_checkpoint, save_checkpoint
-from kdna.train import NonFiniteLossError, TrainConfig, evaluate, fit
+from kdna.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _data(n=256, seed=0):

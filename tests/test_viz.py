@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdna import ParentKernel
-from kdna.report import Agreement, ChildFit, ConversionReport, SharedGroup
+from kdna.conversion import Agreement, ChildFit, ConversionReport, SharedGroup
 from kdna.viz import (
     accuracy_vs_parameters,
     attribution_overlay,

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from kdna import ChildLinear, ParentKernel
-from kdna.widgets import (
+from kdna.viz.widgets import (
     RoutingExplorer,
     changed_channels_html,
     effective_kernel_figure,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
+from render import screenshot  # tools/render.py, beside this script
 
 import kdna
-from kdna.render import screenshot
 from kdna.viz import fit_errors, kernel_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +45,9 @@ def routing_example() -> go.Figure:
     from torch.utils.data import DataLoader
 
     from kdna.analysis import capture_routing, routing_statistics
-    from kdna.checkpoint import load_checkpoint
     from kdna.data import load_data
     from kdna.models import efficientnet_lite
+    from kdna.train.checkpoint import load_checkpoint
     from kdna.viz import routing_heatmap
 
     state = load_checkpoint(ROOT / "data" / "cache" / "05_routing" / "last.pt")

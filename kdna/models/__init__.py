@@ -24,8 +24,8 @@ from collections.abc import Callable
 from torch import nn
 
 from kdna.models import efficientnet_lite
-from kdna.models._layout import apply_layout
 from kdna.models.convnext import convnext_tiny
+from kdna.models.layout import apply_layout
 from kdna.models.mobilenet import mobilenet_v2, mobilenet_v2_1d2
 from kdna.models.resnet import resnet18, resnet50
 

@@ -3,7 +3,7 @@
 A ConvNeXt block is an inverted bottleneck like MobileNetV2's: a 7x7 depthwise convolution,
 LayerNorm, a pointwise expand (``nn.Linear`` 4x) and a pointwise project, run channels-last.
 A Linear on every pixel is a 1x1 convolution, so the pointwise layers share as MobileNetV2's
-do in the paper's layout (:class:`kdna.linear.ChildLinear`):
+do in the paper's layout (:class:`kdna.nn.linear.ChildLinear`):
 
 * stages 1 and 2 (96 and 192 channels, 3 blocks each) are unchanged, like ``layer1`` and
   ``layer2`` in the paper's ResNets: they hold few parameters;
@@ -23,7 +23,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import convnext as tv
 
-from kdna.models._layout import apply_layout, torchvision_model
+from kdna.models.layout import apply_layout, torchvision_model
 
 __all__ = ["convnext_tiny"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import mobilenetv2 as tv
 
-from kdna.models._layout import apply_layout, torchvision_model
+from kdna.models.layout import apply_layout, torchvision_model
 
 __all__ = ["mobilenet_v2", "mobilenet_v2_1d2"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet as tv
 
-from kdna.models._layout import apply_layout, torchvision_model
+from kdna.models.layout import apply_layout, torchvision_model
 
 __all__ = ["resnet18", "resnet50"]
 

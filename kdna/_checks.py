@@ -1,0 +1,79 @@
+"""Argument checks shared by every part of kdna: each raises a ``ValueError`` (or ``TypeError``)
+whose message names the argument, the value given and what is expected.
+
+The names are public (no leading underscore) so that any module may import them; the module
+itself is private because users never need it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Collection
+from typing import TypeVar
+
+__all__ = ["check_groups", "check_padding", "int_at_least", "non_negative_float", "one_of",
+           "pair", "positive_float", "positive_int"]
+
+T = TypeVar("T")
+
+
+def int_at_least(name: str, value: object, low: int) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an integer of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(name: str, value: object) -> float:
+    """``value`` as a ``float`` if it is a real number above 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def non_negative_float(name: str, value: object) -> float:
+    """``value`` as a ``float`` if it is a real number of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a number of at least 0, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: T, choices: Collection[T]) -> T:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """An ``nn.Conv2d``-style size argument as a pair: ``3 -> (3, 3)``, ``(3, 1)`` as it is."""
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+        return tuple(value)
+    return (value, value)
+
+
+def check_groups(in_channels: int, out_channels: int, groups: object) -> None:
+    """``groups`` must be a positive integer that divides both channel counts."""
+    positive_int("groups", groups)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+            f"divisible by groups ({groups})"
+        )
+
+
+def check_padding(padding: object, stride: object) -> None:
+    """A string ``padding`` must be ``"valid"``, or ``"same"`` with stride 1 (as ``nn.Conv2d``)."""
+    if isinstance(padding, str) and (padding not in ("same", "valid")
+                                     or (padding == "same" and pair(stride) != (1, 1))):
+        raise ValueError(f"padding {padding!r} must be an int, a pair, 'valid', or 'same' with "
+                         f"stride 1 (got stride {stride})")

@@ -1,0 +1,188 @@
+"""Which pixels matter: captum attributions of a prediction, or of a child's routing.
+
+Both functions return one map per image, ``[B, H, W]``: the absolute attribution of every
+input pixel, summed over its colour channels. Two methods share one signature, as in captum:
+
+* ``"integrated_gradients"``: gradients averaged along the straight path from a black (all
+  zero) image to the input, times the input; ``steps`` points on the path, so the cost is
+  about ``steps`` forward and backward passes;
+* ``"saliency"``: the absolute gradient at the input alone; one pass, noisier.
+
+:func:`attribute_prediction` explains a class score. :func:`attribute_gate` explains a child's
+input gate, the part of KernelDNA that depends on the input: which pixels make the child
+open or close its input channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from captum.attr import IntegratedGradients, Saliency
+from torch import Tensor, nn
+
+from kdna.nn.gate import ChannelGate
+from kdna.nn.utils import eval_mode
+
+__all__ = ["METHODS", "attribute_gate", "attribute_prediction", "gated_children"]
+
+METHODS = ("integrated_gradients", "saliency")
+
+
+def gated_children(model: nn.Module) -> list[str]:
+    """Names (as ``named_modules`` gives them) of the modules with an input gate."""
+    return [name for name, module in model.named_modules()
+            if isinstance(getattr(module, "gate", None), ChannelGate)]
+
+
+def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor | None = None,
+                         *, method: str = "integrated_gradients", steps: int = 16) -> Tensor:
+    """``[B, H, W]`` attribution of a class score to the input pixels.
+
+    Args:
+        model: a classifier ``[B, C, H, W] -> [B, classes]``; run in eval mode, and every
+            module's mode is restored afterwards.
+        inputs: ``[B, C, H, W]`` images, moved to the model's device.
+        target: the class to explain: one for all images, one per image (a ``[B]`` tensor),
+            or ``None`` for each image's predicted class.
+        method: one of :data:`METHODS`.
+        steps: points on the integrated-gradients path (ignored by ``"saliency"``).
+
+    Returns:
+        the absolute attributions summed over colour channels, on the model's device.
+    """
+    _check_method(method, steps)
+    inputs = _images(model, inputs)
+    with eval_mode(model):
+        with torch.no_grad():
+            logits = model(inputs)
+        if logits.dim() != 2 or logits.shape[0] != inputs.shape[0]:
+            raise ValueError(f"attribute_prediction needs a model whose output is [batch, "
+                             f"classes], got shape {list(logits.shape)}")
+        target = _target(target, logits)
+        return _attribute(model, inputs, target, method, steps)
+
+
+def attribute_gate(model: nn.Module, inputs: Tensor, child: str, channel: int | None = None, *,
+                   method: str = "integrated_gradients", steps: int = 16) -> Tensor:
+    """``[B, H, W]`` attribution of a child's input gate to the input pixels.
+
+    The explained score is the gate value of input ``channel`` of ``child`` or, when
+    ``channel`` is ``None``, the gate's mean over its channels: how much of its input the
+    child lets through overall, a scalar that means the same for the ``"paper"`` (0 to 1) and
+    ``"identity"`` (0 to 2, 1 = unchanged) gate forms.
+
+    The model runs with a forward hook on ``model.get_submodule(child).gate`` that captures the
+    gate and stops the forward pass there (the layers after it cannot change it); the hook is
+    removed after every pass, also when the model raises. A child whose gate runs more than
+    once per forward pass is explained through its first call.
+
+    Args:
+        model: any network containing the child; eval mode, every module's mode restored.
+        inputs: ``[B, C, H, W]`` images, moved to the model's device.
+        child: the child's name in ``model.named_modules()`` (see :func:`gated_children`).
+        channel: an input channel of the child, or ``None`` for the mean over channels.
+        method, steps: as for :func:`attribute_prediction`.
+    """
+    _check_method(method, steps)
+    gate = _gate_of(model, child)
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)
+                                or not 0 <= channel < gate.channels):
+        raise ValueError(f"channel must be None or an int in [0, {gate.channels}) for child "
+                         f"{child!r}, got {channel!r}")
+    inputs = _images(model, inputs)
+    with eval_mode(model):
+        return _attribute(_gate_score(model, gate, child, channel), inputs, None, method, steps)
+
+
+class _GateReached(Exception):
+    """Raised by the capturing hook to end the forward pass once the gate is known."""
+
+
+def _gate_score(model: nn.Module, gate: ChannelGate, child: str,
+                channel: int | None) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            captured.append(output)
+            raise _GateReached
+
+        handle = gate.register_forward_hook(hook)
+        try:
+            model(x)
+        except _GateReached:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(f"the model's forward pass never ran the gate of {child!r}")
+        values = captured[0]
+        return values.mean(dim=1) if channel is None else values[:, channel]
+
+    return forward
+
+
+def _attribute(forward: Callable[[Tensor], Tensor], inputs: Tensor, target: Tensor | None,
+               method: str, steps: int) -> Tensor:
+    if method == "saliency":
+        attributions = Saliency(forward).attribute(inputs, target=target, abs=True)
+    else:
+        attributions = IntegratedGradients(forward).attribute(
+            inputs, baselines=torch.zeros_like(inputs), target=target, n_steps=steps)
+    return attributions.detach().abs().sum(dim=1)
+
+
+def _check_method(method: str, steps: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+def _gate_of(model: nn.Module, child: str) -> ChannelGate:
+    names = gated_children(model)
+    shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+    try:
+        module = model.get_submodule(child) if isinstance(child, str) else None
+    except AttributeError:
+        module = None
+    if module is None:
+        raise ValueError(f"no child named {child!r} in the model; gated children: "
+                         f"{shown or 'none'}")
+    gate = getattr(module, "gate", None)
+    if not isinstance(gate, ChannelGate):
+        raise ValueError(f"{child!r} ({type(module).__name__}) has no input gate; gated "
+                         f"children: {shown or 'none'}")
+    return gate
+
+
+def _images(model: nn.Module, inputs: Tensor) -> Tensor:
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        shape = list(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a [batch, channels, height, width] tensor, got {shape}")
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    device = inputs.device if tensor is None else tensor.device
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else inputs.dtype
+    # captum would set it too, with a warning each call.
+    return inputs.detach().to(device=device, dtype=dtype).requires_grad_(True)
+
+
+def _target(target: int | Tensor | None, logits: Tensor) -> Tensor:
+    batch, classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, Tensor):
+        target = target.to(logits.device).long().reshape(-1)
+        if target.numel() == 1:
+            target = target.expand(batch)
+    elif isinstance(target, int) and not isinstance(target, bool):
+        target = torch.full((batch,), target, device=logits.device, dtype=torch.long)
+    else:
+        raise TypeError(f"target must be None, an int or a tensor, got {type(target).__name__}")
+    if target.shape != (batch,) or not ((target >= 0) & (target < classes)).all():
+        raise ValueError(f"target must hold one class in [0, {classes}) per image (batch "
+                         f"{batch}), got {target.tolist()}")
+    return target

@@ -1,0 +1,20 @@
+"""Data: classification sets by name or folder, synthetic shapes for dense prediction, and
+downloads that happen only when asked for.
+
+* :func:`load_data` (:mod:`kdna.data.classification`): train and validation sets in one call;
+* :class:`ShapesDataset`, :func:`penn_fudan` (:mod:`kdna.data.shapes`): detection and
+  segmentation data;
+* :func:`require_online` (:mod:`kdna.data.online`): fail at once, offline, with the way out.
+"""
+
+from kdna.data.classification import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataSplits,
+    list_datasets,
+    load_data,
+)
+from kdna.data.online import require_online
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DataSplits", "list_datasets", "load_data",
+           "require_online"]

@@ -1,0 +1,31 @@
+"""The method, ``torch.nn``-like: a shared parent kernel, its children, the input gate.
+
+* :class:`ParentKernel`, :class:`ChildConv2d`, :class:`KernelChild` (:mod:`kdna.nn.conv`) and
+  :class:`ChildLinear` (:mod:`kdna.nn.linear`): the parent and its children;
+* :class:`ChannelGate` (:mod:`kdna.nn.gate`): the input-dependent routing;
+* :mod:`kdna.nn.functional`: the same maths as plain tensor functions;
+* :func:`fold` / :func:`unfold` (:mod:`kdna.nn.fold`): the deployment form and back;
+* :func:`fit_scales` (:mod:`kdna.nn.fitting`): static scales that take a parent towards a kernel;
+* :mod:`kdna.nn.utils`: finding children, swapping modules, counting parameters.
+"""
+
+from kdna.nn import functional
+from kdna.nn.conv import ChildConv2d, KernelChild, ParentKernel
+from kdna.nn.fitting import fit_scales
+from kdna.nn.fold import FoldedNorm, fold, following_norms, unfold
+from kdna.nn.gate import ChannelGate, GateForm
+from kdna.nn.linear import ChildLinear
+from kdna.nn.utils import (
+    children_of,
+    count_parameters,
+    device_description,
+    device_of,
+    eval_mode,
+    head_name,
+    replace_module,
+)
+
+__all__ = ["ChannelGate", "ChildConv2d", "ChildLinear", "FoldedNorm", "GateForm", "KernelChild",
+           "ParentKernel", "children_of", "count_parameters", "device_description", "device_of",
+           "eval_mode", "fit_scales", "fold", "following_norms", "functional", "head_name",
+           "replace_module", "unfold"]

@@ -1,0 +1,95 @@
+"""Evaluation: loss and accuracy of a classifier, and re-estimating BatchNorm statistics.
+
+Used by :func:`kdna.train.fit` after every epoch, and on their own (``kdna eval``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from kdna.nn.utils import device_of
+from kdna.train.distributed import is_distributed, rank
+
+__all__ = ["Metrics", "evaluate", "recalibrate_batchnorm"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Loss and accuracy over a data set."""
+
+    loss: float
+    top1: float
+    top5: float
+    samples: int
+
+
+def device_batches(loader: DataLoader, device: torch.device, channels_last: bool, desc: str,
+                   show: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` of ``loader`` on ``device`` (images channels-last if asked),
+    under a tqdm bar titled ``desc`` when ``show``."""
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not show):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, labels.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+             device: torch.device | str | None = None, workers: int = 0,
+             progress: bool = True, channels_last: bool = False) -> Metrics:
+    """Cross-entropy, top-1 and top-5 accuracy of ``model`` on ``dataset`` (eval mode).
+
+    Under ``torch.distributed`` each rank evaluates its shard and the sums are all-reduced.
+    """
+    if device is not None:
+        model.to(device)
+    device = device_of(model)
+    distributed = is_distributed()
+    sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=False) if distributed
+               else None)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    for images, labels in device_batches(loader, device, channels_last, "eval",
+                                         progress and rank() == 0):
+        logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
+                               hits[:, 0].sum(), hits.any(dim=1).sum(),
+                               torch.tensor(len(labels), device=device)]).double()
+    if distributed:
+        dist.all_reduce(totals)
+    model.train(was_training)
+    loss, top1, top5, n = totals.tolist()
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    return Metrics(loss / n, 100 * top1 / n, 100 * top5 / n, int(n))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batches: int, batch_size: int,
+                          device: torch.device, channels_last: bool = False) -> None:
+    """Re-estimate every BatchNorm's running statistics from the first ``batches`` batches.
+
+    The statistics become plain averages over those batches under the current weights
+    (``torch.optim.swa_utils.update_bn``). Every rank reads the same batches, so the
+    statistics agree across a distributed run.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size)
+    first = (images for i, (images, _) in enumerate(loader) if i < batches)
+    was_training = model.training
+    torch.optim.swa_utils.update_bn(
+        (x.contiguous(memory_format=torch.channels_last) if channels_last else x
+         for x in first), model, device=device)
+    model.train(was_training)
