@@ -9,7 +9,7 @@ down this list: :mod:`kdna.conversion` (bringing KernelDNA to a network), :mod:`
 :mod:`kdna.deploy`, :mod:`kdna.bench`, :mod:`kdna.dense` and :mod:`kdna.cli`.
 """
 
-from kdna.conversion import ConversionReport, TrainableCount, adapter_only, convert
+from kdna.conversion import ConversionReport, ConvertConfig, TrainableCount, adapter_only, convert
 from kdna.models import create_model, list_models
 from kdna.nn import (
     ChannelGate,
@@ -31,6 +31,7 @@ __all__ = [
     "ChildConv2d",
     "ChildLinear",
     "ConversionReport",
+    "ConvertConfig",
     "FoldedNorm",
     "GateForm",
     "KernelChild",

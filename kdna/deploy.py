@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from kdna._checks import non_negative_float, positive_int
+from kdna._extras import require
 from kdna.nn.conv import KernelChild
 from kdna.nn.fold import fold, following_norms
 
@@ -71,20 +74,51 @@ class OnnxCheck:
         return f"{self.path.name}: {verdict} ({errors}; tolerance {self.tolerance:g})"
 
 
-def check_onnx(path: str | Path, model: nn.Module, example: Tensor, *,
-               batch_sizes: tuple[int, ...] = (1, 3), tolerance: float = 1e-4) -> OnnxCheck:
-    """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` in eval mode."""
-    import onnxruntime
+def _example_inputs(function: str, example_inputs: Tensor | None,
+                    legacy: dict[str, object]) -> Tensor:
+    """``example_inputs``, or the deprecated ``example=`` keyword (with a warning), checked."""
+    if "example" in legacy:
+        warnings.warn(f"{function}(example=...) is deprecated and will be removed in kdna "
+                      "0.2; pass example_inputs=...", DeprecationWarning, stacklevel=3)
+        if example_inputs is not None:
+            raise TypeError(f"{function}() got both example_inputs and example; pass "
+                            "example_inputs only")
+        example_inputs = legacy.pop("example")
+    if legacy:
+        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(legacy)}")
+    if not isinstance(example_inputs, Tensor) or example_inputs.dim() != 4:
+        raise ValueError(f"example_inputs must be an input batch [B, C, H, W], got "
+                         f"{getattr(example_inputs, 'shape', type(example_inputs).__name__)}")
+    return example_inputs
 
+
+def check_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | None = None, *,
+               batch_sizes: tuple[int, ...] = (1, 3), tolerance: float = 1e-4,
+               **deprecated: object) -> OnnxCheck:
+    """Run the ONNX file at ``path`` with onnxruntime (CPU) and compare with ``model`` in eval
+    mode, on random batches of the sizes in ``batch_sizes`` shaped like ``example_inputs``.
+
+    The old order ``check_onnx(path, model, example)`` and the old keyword ``example=`` still
+    work until kdna 0.2, with a ``DeprecationWarning``.
+    """
+    if isinstance(model, str | os.PathLike) and isinstance(path, nn.Module):
+        warnings.warn("check_onnx(path, model, ...) is deprecated and will be removed in kdna "
+                      "0.2; pass the model first: check_onnx(model, path, example_inputs)",
+                      DeprecationWarning, stacklevel=2)
+        model, path = path, model
+    example_inputs = _example_inputs("check_onnx", example_inputs, deprecated)
+    tolerance = non_negative_float("tolerance", tolerance)
+    batch_sizes = tuple(positive_int("batch_sizes", b) for b in batch_sizes)
+    onnxruntime = require("onnxruntime", "export", "check_onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     generator = torch.Generator().manual_seed(0)
     model.eval()
     errors = {}
     for batch in batch_sizes:
-        x = torch.randn(batch, *example.shape[1:], generator=generator)
+        x = torch.randn(batch, *example_inputs.shape[1:], generator=generator)
         with torch.no_grad():
-            expected = model(x.to(example.device)).float().cpu()
+            expected = model(x.to(example_inputs.device)).float().cpu()
         (got,) = session.run(None, {feed: x.numpy()})
         if tuple(got.shape) != tuple(expected.shape):
             raise RuntimeError(f"ONNX output shape {list(got.shape)} differs from eager "
@@ -93,28 +127,29 @@ def check_onnx(path: str | Path, model: nn.Module, example: Tensor, *,
     return OnnxCheck(Path(path), errors, tolerance)
 
 
-def export_onnx(model: nn.Module, path: str | Path, example: Tensor, *,
+def export_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | None = None, *,
                 check: bool = True, batch_sizes: tuple[int, ...] = (1, 3),
-                tolerance: float = 1e-4) -> OnnxCheck | None:
+                tolerance: float = 1e-4, **deprecated: object) -> OnnxCheck | None:
     """Export ``deploy(model)`` to ONNX with a dynamic batch axis; check it unless told not to.
 
-    ``example`` is one input batch ([B, C, H, W]); height and width are fixed by it. The file
-    is written to a temporary name and renamed, so a failed export leaves nothing behind.
-    Raises ``RuntimeError`` when the check finds a difference above ``tolerance``.
+    ``example_inputs`` is one input batch ([B, C, H, W]); height and width are fixed by it.
+    The file is written to a temporary name and renamed, so a failed export leaves nothing
+    behind. Raises ``RuntimeError`` when the check finds a difference above ``tolerance``.
+    The old keyword ``example=`` still works until kdna 0.2, with a ``DeprecationWarning``.
     """
-    if not isinstance(example, Tensor) or example.dim() != 4:
-        raise ValueError(f"example must be an input batch [B, C, H, W], got "
-                         f"{getattr(example, 'shape', type(example).__name__)}")
+    example_inputs = _example_inputs("export_onnx", example_inputs, deprecated)
+    for module in ("onnx", "onnxscript", *(("onnxruntime",) if check else ())):
+        require(module, "export", "export_onnx")  # torch's exporter, then the check
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deployed = deploy(model).cpu().float()
     # traced at batch 2: an example of one image would make the exporter fix the batch at 1
-    example = example.detach().cpu().float()[:1].expand(2, -1, -1, -1).contiguous()
+    traced = example_inputs.detach().cpu().float()[:1].expand(2, -1, -1, -1).contiguous()
     handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(handle)
     try:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        torch.onnx.export(deployed, (example,), temporary, input_names=["images"],
+        torch.onnx.export(deployed, (traced,), temporary, input_names=["images"],
                           output_names=["logits"], dynamic_shapes=({0: batch},),
                           dynamo=True, external_data=False, verbose=False)
         os.replace(temporary, path)
@@ -122,7 +157,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: Tensor, *,
         Path(temporary).unlink(missing_ok=True)
     if not check:
         return None
-    result = check_onnx(path, deployed, example, batch_sizes=batch_sizes, tolerance=tolerance)
+    result = check_onnx(deployed, path, traced, batch_sizes=batch_sizes, tolerance=tolerance)
     if not result.ok:
         raise RuntimeError(f"exported model disagrees with eager PyTorch: {result}")
     return result

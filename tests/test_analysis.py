@@ -165,7 +165,7 @@ def test_aligned_similarity_sees_through_filter_permutation_and_sign(device):
 def test_kernel_similarity_uses_childrens_static_weights_and_parents_own_names():
     model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
                           nn.Conv2d(8, 8, 3, padding=1))
-    kdna.convert(model, groups={"2": ["0", "1"]}, fit=False, example_inputs=None)
+    kdna.convert(model, groups={"2": ["0", "1"]}, fit_scales=False, example_inputs=None)
     sim = kernel_similarity(model)
     assert sim.names == ["0", "1", "2"]  # the parent by its place, not as "0.parent"
     torch.testing.assert_close(sim.matrix, torch.ones(3, 3))  # fresh children = parent
@@ -274,7 +274,7 @@ class ChannelsLast(nn.Module):
 def test_capture_routing_sees_childlinear_gates_of_a_converted_model():
     torch.manual_seed(0)
     model, x = ChannelsLast(), torch.randn(5, 3, 6, 6)
-    report = kdna.convert(model, parent="last", example_inputs=x)
+    report = kdna.convert(model, parent_rule="last", example_inputs=x)
     with torch.no_grad():
         for name in report.children:
             model.get_submodule(name).gate.fc2.weight.normal_()

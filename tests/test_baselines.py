@@ -263,3 +263,12 @@ def test_build_baseline_checks_its_names():
 def test_bad_arguments_raise_value_error(make_bad, match):
     with pytest.raises(ValueError, match=match):
         make_bad()
+
+
+def test_the_classes_live_in_their_own_modules_and_baselines_re_exports_them():
+    from kdna.bench import baselines, experts, odconv
+
+    for module in (experts, odconv):
+        for name in module.__all__:
+            assert getattr(baselines, name) is getattr(module, name)
+    assert all(issubclass(cls, baselines.ExpertConv2d) for cls, _ in BASELINES.values())

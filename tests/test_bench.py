@@ -19,6 +19,7 @@ def _conv_net():
 def test_macs_match_the_analytic_count():
     macs = bench.count_macs(_conv_net().eval(), torch.zeros(2, 3, 6, 6))
     assert macs == 8 * 3 * 9 * 6 * 6 + 8 * 6 * 6 * 5  # per image, not per batch
+    assert bench.count_macs(_conv_net().eval(), example_inputs=torch.zeros(1, 3, 6, 6)) == macs
 
 
 def test_measure_reports_a_consistent_result(device):
@@ -81,8 +82,8 @@ def test_deploy_option_times_the_folded_network_but_counts_the_given_one():
 @pytest.mark.parametrize("bad, message", [
     ({"mode": "serve"}, "mode must be one of"),
     ({"dtype": "int8"}, "dtype must be one of"),
-    ({"iters": 0}, "iters must be an integer >= 1"),
-    ({"warmup": -1}, "warmup must be an integer >= 0"),
+    ({"iters": 0}, "iters must be an integer of at least 1, got 0"),
+    ({"warmup": -1}, "warmup must be an integer of at least 0, got -1"),
 ])
 def test_bad_options_are_named(bad, message):
     with pytest.raises(ValueError, match=message):

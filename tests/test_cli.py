@@ -48,6 +48,7 @@ def test_train_then_evaluate_reproduces_the_logged_accuracy(tmp_path, capsys):
     with open(out / "metrics.csv") as f:
         logged = float(list(csv.DictReader(f))[-1]["val_top1"])
     assert summary["val_top1"] == pytest.approx(logged)
+    assert 0 <= summary["best_top1"] <= 1 and 0 <= logged <= 1  # accuracies are fractions
     main(["eval", "--resume", str(out / "last.pt"), *common])
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["val_top1"] == pytest.approx(logged)
@@ -82,6 +83,8 @@ def test_the_demo_runs_and_writes_its_report(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "| validation top-1 after 1 epochs" in report and capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 <= summary["val_top1"] <= 1  # a fraction in summary.json, a percentage in the report
+    assert f"steps) | {summary['val_top1']:.1%} |" in report
     assert summary["parameters_kernel_dna"] < summary["parameters_pretrained"]
     assert summary["trainable"] < summary["parameters_kernel_dna"]
     assert {"metrics.csv", "last.pt", "best.pt", "routing.html"} <= {

@@ -1,4 +1,7 @@
-"""kdna.convert: grouping, parent choice, fitted adapters, the report, and clear errors."""
+"""kdna.convert: grouping, parent choice, fitted adapters, the report, and clear errors.
+
+The conversion policy (ConvertConfig, its presets, overrides, deprecated keywords) and the
+plan/apply split are tested in test_conversion_config.py."""
 
 from __future__ import annotations
 
@@ -121,9 +124,9 @@ def test_children_start_from_their_fitted_static_kernel_with_gate_one(cnn, batch
 
 
 def test_parent_rules_and_explicit_groups(cnn):
-    report = convert(copy.deepcopy(cnn), include=["body.*"], parent="last")
+    report = convert(copy.deepcopy(cnn), include=["body.*"], parent_rule="last")
     assert report.layout == {"body.6": ["body.0", "body.3"]}
-    report = convert(copy.deepcopy(cnn), include=["body.*"], parent="first")
+    report = convert(copy.deepcopy(cnn), include=["body.*"], parent_rule="first")
     assert report.layout == {"body.0": ["body.3", "body.6"]}
     model = copy.deepcopy(cnn)
     report = convert(model, groups={"body.3": ["body.6"]})
@@ -186,7 +189,7 @@ def test_converting_twice_or_nothing_to_share_is_an_error(cnn):
 @pytest.mark.parametrize(("rules", "message"), [
     ({"include": ["layr*"]}, r"include pattern 'layr\*' matches no convolution"),
     ({"exclude": ["nope"]}, "exclude pattern 'nope' matches no"),
-    ({"parent": "biggest"}, "parent must be one of"),
+    ({"parent_rule": "biggest"}, "parent_rule must be one of"),
     ({"gate_reduction": "big"}, "gate_reduction must be 'auto'"),
     ({"groups": [["body.0", "tail.0"]]}, "a group needs two or more layers with one kernel shape"),
     ({"groups": [["body.0"]]}, "a group needs two or more layers"),

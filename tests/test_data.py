@@ -207,3 +207,46 @@ def test_list_datasets():
     kinds = [d.split(":")[0] for d in sets.values()]
     assert kinds == sorted(kinds, key=lambda k: k != "offline")
     assert all(isinstance(d, str) and "\n" not in d for d in sets.values())
+
+
+class _Items(torch.utils.data.Dataset):
+    """(image, label) items; ``targets`` only when asked for, like Flowers-102 and Pets."""
+
+    def __init__(self, labels, with_targets):
+        self.labels, self.reads = list(labels), 0
+        if with_targets:
+            self.targets = self.labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return torch.zeros(1, 2, 2), self.labels[i]
+
+
+def test_limit_reads_labels_from_targets_or_else_through_the_items():
+    from kdna.data.splits import balanced_subset, dataset_labels
+
+    labels = [0] * 6 + [1] * 3 + [2] * 3
+    with_targets, without = _Items(labels, True), _Items(labels, False)
+    assert torch.equal(dataset_labels(with_targets), torch.tensor(labels))
+    assert with_targets.reads == 0  # no image touched
+    assert torch.equal(dataset_labels(without), torch.tensor(labels))
+    picked = balanced_subset(without, 4, seed=0)
+    assert torch.equal(picked, balanced_subset(with_targets, 4, seed=0))
+    assert sorted(labels[i] for i in picked) == [0, 0, 1, 2]
+    fresh = _Items(labels, False)
+    assert torch.equal(balanced_subset(fresh, None, seed=0), torch.arange(12))
+    assert fresh.reads == 0  # without a limit, no label is read
+
+
+def test_online_urls_are_torchvisions():
+    from torchvision import datasets
+
+    from kdna.data.classification import FLOWERS102_URL, PETS_URL
+
+    # torchvision keeps these private; the test notices when they move, the library never reads them
+    flowers = getattr(datasets.Flowers102, "_download_url_prefix", FLOWERS102_URL)
+    pets = getattr(datasets.OxfordIIITPet, "_RESOURCES", ((PETS_URL, None),))[0][0]
+    assert (FLOWERS102_URL, PETS_URL) == (flowers, pets)

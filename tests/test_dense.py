@@ -14,6 +14,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import kdna.models.layout
 from kdna.data.shapes import ShapesDataset, collate
 from kdna.dense import (
+    FrozenGateNorm,
     GateNorm,
     deeplabv3,
     evaluate_detection,
@@ -65,11 +66,11 @@ def test_all_four_levels_and_resnet50_widths():
         (16, 16, 16), (16, 8, 8), (16, 4, 4), (16, 2, 2), (16, 1, 1)]
 
 
-def test_gates_keep_running_statistics_so_batch_one_trains(shapes):
+def test_gates_keep_fixed_statistics_so_batch_one_trains(shapes):
     torch.manual_seed(0)
     model = faster_rcnn(3, **SMALL)
     gates = [m for m in model.modules() if isinstance(m, ChannelGate)]
-    assert gates and all(isinstance(g.bn, GateNorm) for g in gates)
+    assert gates and all(type(g.bn) is FrozenGateNorm for g in gates)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # from scratch
     image, target = shapes[0]
     losses = model.train()([image], [target])  # one image: a BatchNorm1d would raise here
@@ -78,6 +79,73 @@ def test_gates_keep_running_statistics_so_batch_one_trains(shapes):
     gate = gates[0]
     assert gate.bn.weight.grad is not None and torch.equal(gate.bn.running_mean,
                                                            torch.zeros_like(gate.bn.running_mean))
+
+
+def test_frozen_gate_norm_is_the_documented_affine_map_and_never_updates():
+    torch.manual_seed(0)
+    norm = FrozenGateNorm(4)
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        norm.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 9.0]))
+        norm.weight.copy_(torch.tensor([1.0, 2.0, -1.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, 1.0, 0.5, -2.0]))
+    stats = {k: v.clone() for k, v in norm.state_dict().items() if "running" in k
+             or "tracked" in k}
+    weight = norm.weight.detach().clone()
+    optimizer = torch.optim.SGD(norm.parameters(), lr=0.1)
+    for batch in (1, 3):  # one sample trains too
+        x = torch.randn(batch, 4)
+        y = norm.train()(x)
+        expected = ((x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+                    * norm.weight + norm.bias)
+        assert torch.allclose(y, expected, atol=1e-6)
+        assert torch.allclose(norm.eval()(x), y)  # the same map in eval mode
+        optimizer.zero_grad()
+        norm.train()(x).square().sum().backward()
+        optimizer.step()
+    assert all(torch.equal(norm.state_dict()[k], v) for k, v in stats.items())
+    assert not torch.equal(norm.weight, weight)  # the scale and shift train
+    plain = nn.BatchNorm1d(4)
+    plain.load_state_dict(norm.state_dict())  # the same state_dict as BatchNorm1d
+
+
+def test_gate_norm_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="FrozenGateNorm"):
+        old = GateNorm(3)
+    assert isinstance(old, FrozenGateNorm)
+
+
+def test_deprecated_keywords_still_work_with_a_warning(shapes):
+    model = nn.Linear(1, 1)
+    seg = [(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))]
+    with pytest.warns(DeprecationWarning, match=r"train_dense\(disable=...\).*progress=False"):
+        train_dense(_TinySegmenter(), seg, 1, disable=True)
+    with pytest.warns(DeprecationWarning, match=r"clip_grad_norm=.*grad_clip=None"):
+        train_dense(_TinySegmenter(), seg, 1, clip_grad_norm=None, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'clip'"):
+        train_dense(model, seg, 1, clip=1.0)
+    view = shapes.segmentation()
+    with pytest.warns(DeprecationWarning, match=r"evaluate_segmentation\(disable="):
+        evaluate_segmentation(deeplabv3(3, atrous_rates=(1, 2, 3)),
+                              DataLoader([view[0], view[1]], batch_size=2), 3, disable=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'clip_grad_norm'"):
+        evaluate_segmentation(model, [], 3, clip_grad_norm=1.0)
+    target = shapes[0][1]
+    detection = DataLoader([(torch.zeros(3, 64, 64), target)], batch_size=1, collate_fn=collate)
+    with pytest.warns(DeprecationWarning, match=r"evaluate_detection\(disable="):
+        scores = evaluate_detection(_Oracle([target]), detection, disable=False)
+    assert scores["map"] == pytest.approx(1.0)
+
+
+class _TinySegmenter(nn.Module):
+    """Two-class logits per pixel from a 1x1 convolution: enough for a segmentation step."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, images):
+        return {"out": self.conv(images)}
 
 
 def test_pretrained_backbone_freezes_norms_and_early_stages(monkeypatch):
@@ -89,7 +157,8 @@ def test_pretrained_backbone_freezes_norms_and_early_stages(monkeypatch):
     assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
     trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}  # the default 3 with weights
-    assert all(isinstance(g.bn, GateNorm) for g in body.modules() if isinstance(g, ChannelGate))
+    assert all(isinstance(g.bn, FrozenGateNorm) for g in body.modules()
+               if isinstance(g, ChannelGate))
 
 
 def test_offline_weights_fail_fast(monkeypatch, tmp_path):
@@ -114,7 +183,7 @@ def test_training_lowers_the_detection_loss(shapes):
     model = faster_rcnn(shapes.num_classes, **SMALL)
     loader = DataLoader(shapes, batch_size=4, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(0))
-    losses = train_dense(model, loader, 12, lr=2e-3, disable=True)
+    losses = train_dense(model, loader, 12, lr=2e-3, progress=False)
     assert len(losses) == 12 and all(loss > 0 for loss in losses)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
 
@@ -124,7 +193,7 @@ def test_training_lowers_the_segmentation_loss(shapes):
     model = deeplabv3(shapes.num_classes, output_stride=16, atrous_rates=(1, 2, 3))
     loader = DataLoader(shapes.segmentation(), batch_size=4, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
-    losses = train_dense(model, loader, 10, lr=2e-3, disable=True)
+    losses = train_dense(model, loader, 10, lr=2e-3, progress=False)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
 
 

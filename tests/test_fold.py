@@ -59,7 +59,8 @@ def test_fold_refuses_a_folded_model_and_a_model_without_children(tiny_net):
     fold(tiny_net)
     with pytest.raises(RuntimeError, match="already folded"):
         fold(tiny_net)
-    with pytest.raises(ValueError, match=r"^Sequential has no KernelDNA children; convert it first"):
+    with pytest.raises(ValueError,
+                       match=r"^Sequential has no KernelDNA children; convert it first"):
         fold(nn.Sequential(nn.Conv2d(3, 3, 3)))
 
 

@@ -18,31 +18,59 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
+EXTRAS = PYPROJECT["optional-dependencies"]
+OPTIONAL = ("viz", "analysis", "export", "dense", "peft", "lab")  # `all` is their union
+
+
 def _requirements(lines):
     return {(r := Requirement(line)).name.lower(): r for line in lines}
 
 
-def test_environment_yml_lists_the_package_dependencies():
+def _specifiers(lines):
+    return {name: str(r.specifier) for name, r in _requirements(lines).items()}
+
+
+def test_extras_split_the_optional_dependencies_from_a_light_core():
+    assert set(EXTRAS) == {*OPTIONAL, "all", "dev"}
+    core = _specifiers(PYPROJECT["dependencies"])
+    union: dict[str, str] = {}
+    for extra in OPTIONAL:
+        for name, spec in _specifiers(EXTRAS[extra]).items():
+            assert name not in core, f"{name} is core and also in the {extra!r} extra"
+            assert union.setdefault(name, spec) == spec, f"{name} has two ranges in the extras"
+    assert _specifiers(EXTRAS["all"]) == union
+    assert not {"plotly", "ipywidgets", "captum", "scipy", "onnx", "onnxruntime", "peft",
+                "torchmetrics", "pycocotools", "jupyterlab"} & set(core)
+    for req in map(Requirement, PYPROJECT["dependencies"] + EXTRAS["all"]):
+        assert req.specifier and all(s.operator == ">=" for s in req.specifier), (
+            f"{req}: pyproject declares loose lower bounds (name>=version); pins go in "
+            f"requirements-ci.txt")
+
+
+def test_environment_yml_lists_the_package_with_every_extra():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    declared = _requirements(PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["lab"])
-    listed = _requirements(line for line in pip_section if not line.startswith("-e"))
-    assert {n: str(r.specifier) for n, r in listed.items()} == {
-        n: str(r.specifier) for n, r in declared.items()}
+    listed = _specifiers(line for line in pip_section if not line.startswith("-e"))
+    assert listed == _specifiers(PYPROJECT["dependencies"] + EXTRAS["all"])
     assert "-e ." in pip_section
 
 
-def test_ci_pins_satisfy_the_declared_ranges():
+def test_ci_pins_every_declared_requirement_within_its_range():
     lines = (ROOT / "requirements-ci.txt").read_text().splitlines()
+    assert "-e .[all,dev]" in lines
     pins = _requirements(line for line in lines if line and not line.startswith(("#", "-")))
     assert str(pins["torch"].specifier) == "==2.14.1"
     assert str(pins["torchvision"].specifier) == "==0.29.1"
-    optional = PYPROJECT["optional-dependencies"]
-    for req in map(Requirement, PYPROJECT["dependencies"] + optional["lab"] + optional["dev"]):
+    declared = [PYPROJECT["dependencies"], *EXTRAS.values()]
+    names = set()
+    for req in (Requirement(line) for group in declared for line in group):
         name = req.name.lower()
+        names.add(name)
         assert name in pins, f"{name} is not pinned in requirements-ci.txt"
+        assert str(pins[name].specifier).startswith("=="), f"{pins[name]} is not a pin"
         version = str(pins[name].specifier).removeprefix("==")
         assert req.specifier.contains(version), f"{name}=={version} is outside {req.specifier}"
+    assert set(pins) == names, f"pinned but not declared: {sorted(set(pins) - names)}"
 
 
 def test_public_names_are_exported():
@@ -85,3 +113,13 @@ def test_readme_python_examples_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_colab_installs_declared_extras_covering_what_the_notebooks_import():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebook_links import COLAB_EXTRAS
+
+    extras = PYPROJECT["optional-dependencies"]
+    colab = {Requirement(r).name.lower() for e in COLAB_EXTRAS.split(",") for r in extras[e]}
+    needed = {Requirement(r).name.lower() for r in extras["lab"]} - {"jupyterlab"}
+    assert needed <= colab, f"Colab would lack {needed - colab}"

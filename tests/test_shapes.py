@@ -85,6 +85,16 @@ def test_bad_arguments(kwargs, bad):
         ShapesDataset(**kwargs)
 
 
+def test_numpy_integers_are_integers_and_bools_are_not():
+    import numpy as np
+
+    data = ShapesDataset(np.int64(3), image_size=np.int32(32), seed=np.int64(1))
+    assert (data.length, data.image_size, data.seed) == (3, 32, 1)
+    assert type(data.length) is int
+    with pytest.raises(ValueError, match="length must be an integer of at least 1, got True"):
+        ShapesDataset(True)
+
+
 def test_index_errors(shapes):
     with pytest.raises(IndexError, match="24"):
         shapes[24]

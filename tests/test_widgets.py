@@ -148,6 +148,9 @@ def test_bad_arguments(pictures):
     with pytest.raises(ValueError, match="no KernelDNA children with a gate"):
         RoutingExplorer(nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1),
                                       nn.Flatten()), pictures, to_tensor, classes=CLASSES)
+    for knob in ("top_k", "filters"):
+        with pytest.raises(ValueError, match=f"{knob} must be a positive integer, got 0"):
+            RoutingExplorer(net, pictures, to_tensor, classes=CLASSES, **{knob: 0})
 
 
 def test_effective_kernel_is_the_gated_static_kernel():
@@ -162,6 +165,18 @@ def test_effective_kernel_is_the_gated_static_kernel():
     assert len(effective_kernel_figure(linear, torch.ones(6), 2).data) == 8  # 4 filters, 1x1
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
         effective_kernel_figure(child, gate, 8)
+    with pytest.raises(ValueError, match="filters must be a positive integer, got 0"):
+        effective_kernel_figure(child, gate, 5, filters=0)
+
+
+def test_the_figures_live_in_kdna_viz_gates_and_are_the_same_here():
+    import kdna.viz
+    import kdna.viz.gates
+    import kdna.viz.widgets
+
+    for name in kdna.viz.gates.__all__:
+        assert getattr(kdna.viz.widgets, name) is getattr(kdna.viz.gates, name)
+        assert getattr(kdna.viz, name) is getattr(kdna.viz.gates, name)
 
 
 def test_small_figures():

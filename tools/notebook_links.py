@@ -15,7 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"']+")
-INSTALL = re.compile(r"git\+https://github\.com/[^\s\"'\\]+")
+INSTALL = re.compile(r"kdna(\[[a-z,]*\])? @ git\+https://github\.com/[^\s\"'\\]+")
+# The extras a notebook needs in Colab (not `lab`: Colab brings its own Jupyter).
+COLAB_EXTRAS = "viz,analysis,export,dense,peft"
 
 
 def repository_url() -> str:
@@ -27,11 +29,11 @@ def repository_url() -> str:
 
 
 def expected_links(notebook: Path, url: str = "") -> tuple[str, str]:
-    """(Colab badge target, pip requirement URL) for ``notebook``."""
+    """(Colab badge target, pip requirement) for ``notebook``."""
     url = url or repository_url()
     slug = url.removeprefix("https://github.com/")
     badge = f"https://colab.research.google.com/github/{slug}/blob/main/notebooks/{notebook.name}"
-    return badge, f"git+{url}"
+    return badge, f"kdna[{COLAB_EXTRAS}] @ git+{url}"
 
 
 def sync(notebook: Path, write: bool) -> bool:

@@ -15,14 +15,16 @@ open or close its input channels.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
-from captum.attr import IntegratedGradients, Saliency
 from torch import Tensor, nn
 
+from kdna._checks import one_of, positive_int
+from kdna._extras import require
 from kdna.nn.gate import ChannelGate
-from kdna.nn.utils import eval_mode
+from kdna.nn.utils import children_of, device_of, eval_mode
 
 __all__ = ["METHODS", "attribute_gate", "attribute_prediction", "gated_children"]
 
@@ -30,9 +32,12 @@ METHODS = ("integrated_gradients", "saliency")
 
 
 def gated_children(model: nn.Module) -> list[str]:
-    """Names (as ``named_modules`` gives them) of the modules with an input gate."""
-    return [name for name, module in model.named_modules()
-            if isinstance(getattr(module, "gate", None), ChannelGate)]
+    """Names (as ``named_modules`` gives them) of the KernelDNA children with an input gate;
+    empty when there is none."""
+    try:
+        return list(children_of(model, gated=True))
+    except ValueError:  # no gated child: the callers list the names, so none is an answer
+        return []
 
 
 def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor | None = None,
@@ -125,19 +130,18 @@ def _gate_score(model: nn.Module, gate: ChannelGate, child: str,
 
 def _attribute(forward: Callable[[Tensor], Tensor], inputs: Tensor, target: Tensor | None,
                method: str, steps: int) -> Tensor:
+    attr = require("captum.attr", "analysis", "kdna.analysis.attribution")
     if method == "saliency":
-        attributions = Saliency(forward).attribute(inputs, target=target, abs=True)
+        attributions = attr.Saliency(forward).attribute(inputs, target=target, abs=True)
     else:
-        attributions = IntegratedGradients(forward).attribute(
+        attributions = attr.IntegratedGradients(forward).attribute(
             inputs, baselines=torch.zeros_like(inputs), target=target, n_steps=steps)
     return attributions.detach().abs().sum(dim=1)
 
 
 def _check_method(method: str, steps: int) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    one_of("method", method, METHODS)
+    positive_int("steps", steps)
 
 
 def _gate_of(model: nn.Module, child: str) -> ChannelGate:
@@ -161,13 +165,12 @@ def _images(model: nn.Module, inputs: Tensor) -> Tensor:
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
         shape = list(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a [batch, channels, height, width] tensor, got {shape}")
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    device = inputs.device if tensor is None else tensor.device
-    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else inputs.dtype
-    # captum would set it too, with a warning each call.
-    return inputs.detach().to(device=device, dtype=dtype).requires_grad_(True)
+    inputs = inputs.detach()
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is not None:  # a model without tensors leaves the inputs where they are
+        dtype = first.dtype if first.is_floating_point() else inputs.dtype
+        inputs = inputs.to(device=device_of(model), dtype=dtype)
+    return inputs.requires_grad_(True)  # captum would set it too, with a warning each call
 
 
 def _target(target: int | Tensor | None, logits: Tensor) -> Tensor:

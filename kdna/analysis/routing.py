@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdna._checks import positive_int
 from kdna.analysis.hooks import detached_output, hooked, resolve_layers
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import children_of
@@ -158,8 +159,7 @@ def most_changed_channels(gate: Tensor, k: int = 5) -> tuple[list[int], list[int
     if gate.dim() != 1 or gate.numel() == 0:
         raise ValueError(f"gate must be one gate vector [channels] (a row of Routing.gates[name]),"
                          f" got shape {list(gate.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = positive_int("k", k)
     order = torch.argsort(gate.detach().float().cpu(), stable=True)
     k = min(k, len(order))
     return order.flip(0)[:k].tolist(), order[:k].tolist()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdna._extras import require
 from kdna.analysis.hooks import detached_output, hooked, resolve_layers
 from kdna.nn.conv import ChildConv2d, KernelChild
 from kdna.nn.linear import ChildLinear
@@ -88,7 +89,9 @@ def _cosine(a: Tensor, b: Tensor) -> float:
 
 def _align_filters(reference: Tensor, other: Tensor) -> Tensor:
     """``other``'s output filters reordered and sign-flipped to best match ``reference``'s."""
-    from scipy.optimize import linear_sum_assignment  # only this function needs scipy
+    # only this function needs scipy (the filter matching of align=True)
+    linear_sum_assignment = require("scipy.optimize", "analysis",
+                                    "kernel_similarity(align=True)").linear_sum_assignment
 
     cos = F.normalize(reference.flatten(1), dim=1) @ F.normalize(other.flatten(1), dim=1).T
     rows, cols = linear_sum_assignment(cos.abs().cpu().numpy(), maximize=True)

@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdna._checks import int_at_least, one_of
 from kdna.deploy import deploy
 from kdna.nn.utils import count_parameters, device_description
 
@@ -62,15 +63,10 @@ class Options:
     iters: int = 30               # timed passes; the median and quartiles come from these
 
     def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        for name in ("warmup", "iters"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "warmup" else 1):
-                raise ValueError(f"{name} must be an integer >= {int(name == 'iters')}, "
-                                 f"got {value!r}")
+        one_of("mode", self.mode, _MODES)
+        one_of("dtype", self.dtype, sorted(_DTYPES))
+        int_at_least("warmup", self.warmup, 0)
+        int_at_least("iters", self.iters, 1)
         torch.device(self.device)  # raises on a malformed device string
 
 
@@ -106,12 +102,13 @@ class Measurement:
         return row
 
 
-def count_macs(model: nn.Module, example: Tensor) -> int:
-    """Multiply-accumulates per image for one forward pass (torch's own FLOP counter / 2)."""
+def count_macs(model: nn.Module, example_inputs: Tensor) -> int:
+    """Multiply-accumulates per image for one forward pass of the batch ``example_inputs``
+    (torch's own FLOP counter / 2, divided by the batch size)."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(example)
-    return round(counter.get_total_flops() / 2 / example.shape[0])
+        model(example_inputs)
+    return round(counter.get_total_flops() / 2 / example_inputs.shape[0])
 
 
 class _LiveBytes(TorchDispatchMode):

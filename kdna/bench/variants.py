@@ -29,6 +29,7 @@ from torch import nn
 from kdna.bench.baselines import ARCHS as BASELINE_ARCHS
 from kdna.bench.baselines import BASELINES, build_baseline
 from kdna.bench.harness import Measurement, Options, compare, ratios
+from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
 from kdna.models import create_model
 
@@ -57,7 +58,9 @@ def comparison_models(arch: str = "resnet18", variants: Sequence[str] = VARIANTS
             models[variant] = _STATIC[arch](num_classes=num_classes)
         elif variant == "kdna":
             model = _STATIC[arch](num_classes=num_classes)
-            convert(model, fit=False, example_inputs=torch.zeros(1, 3, image_size, image_size))
+            # kdna.convert's default policy; the weights are random, so fitting is moot
+            convert(model, ConvertConfig.pretrained(fit_scales=False),
+                    example_inputs=torch.zeros(1, 3, image_size, image_size))
             models[variant] = model
         elif variant == "paper":
             models[variant] = create_model(arch, num_classes=num_classes)

@@ -3,8 +3,9 @@
 Convert the pretrained EfficientNet-Lite0 (ImageNet weights from pip) into a KernelDNA
 network, fine-tune only its adapters, norms and head on 5,000 real MNIST digits, evaluate,
 and write a short report to ``runs/demo/``: ``report.md`` (read it), ``routing.html`` (the
-gates of one child per input), ``summary.json`` (machine-readable), ``metrics.csv`` and
-TensorBoard events, and the checkpoints.
+gates of one child per input; needs the ``viz`` extra, plotly), ``summary.json``
+(machine-readable, accuracies as fractions), ``metrics.csv`` and TensorBoard events, and the
+checkpoints.
 """
 
 from __future__ import annotations
@@ -25,25 +26,32 @@ from kdna.models.efficientnet_lite import MEAN, STD
 from kdna.nn.utils import device_description
 from kdna.train.evaluate import evaluate
 from kdna.train.loop import TrainConfig, fit
-from kdna.viz.figures import routing_heatmap
 
 __all__ = ["run_demo"]
 
 
-def _routing_figure(model, data, out: Path) -> tuple[Path, str]:
-    """Write the most class-specific child's per-input routing as a standalone HTML page."""
+def _routing_figure(model, data, out: Path) -> tuple[str, str]:
+    """Write the most class-specific child's per-input routing as a standalone HTML page.
+
+    Returns the report's words for the page, and the child. Without the ``viz`` extra
+    (plotly is not a core dependency) no page is written and the words say why.
+    """
     loader = DataLoader(Subset(data.val, range(min(200, len(data.val)))), batch_size=100)
     routing = capture_routing(model, loader)
     labels = torch.cat([y for _, y in loader])
     stats = routing_statistics(routing, labels)
     score = stats.specialisation
     chosen = max(score, key=lambda name: score[name] if score[name] == score[name] else -1.0)
+    try:
+        from kdna.viz.figures import routing_heatmap
+    except ImportError as error:  # the message names the extra: pip install 'kdna[viz]'
+        return f"routing.html was not written ({error}); it would show", chosen
     order = torch.argsort(labels, stable=True)
     fig = routing_heatmap(routing.gates[chosen][order], layer=chosen,
                           labels=[data.classes[i] for i in labels[order].tolist()])
     page = out / "routing.html"
     fig.write_html(page, include_plotlyjs=True, full_html=True)
-    return page, chosen
+    return f"`{page}` shows", chosen
 
 
 def run_demo(out: Path = Path("runs/demo"), *, epochs: int = 4, image_size: int = 64,
@@ -73,7 +81,7 @@ def run_demo(out: Path = Path("runs/demo"), *, epochs: int = 4, image_size: int 
         f"{len(data.val)} val, {image_size}x{image_size})",
         "parameters_pretrained": report.params_before, "parameters_kernel_dna":
         report.params_after, "trainable": trainable.trainable, "groups": len(report.groups),
-        "children": len(report.children), "val_top1_before": before.top1,
+        "children": len(report.children), "val_top1_before": before.top1,  # fractions
         "val_top1": final["val_top1"], "epochs": epochs, "steps": result.steps,
         "train_seconds": round(result.seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1)}
@@ -92,12 +100,12 @@ adapters-only (`kdna.adapter_only`) on {summary["data"]}.
 | device | {summary["device"]} |
 | parameters, pretrained -> KernelDNA | {sizes} |
 | trainable (adapters, norms, head) | {trainable} |
-| validation top-1 before fine-tuning (new 10-class head) | {before.top1:.1f}% |
-| validation top-1 after {epochs} epochs ({result.steps} steps) | {final["val_top1"]:.1f}% |
+| validation top-1 before fine-tuning (new 10-class head) | {before.top1:.1%} |
+| validation top-1 after {epochs} epochs ({result.steps} steps) | {final["val_top1"]:.1%} |
 | training time | {timing} |
 | total time | {summary["total_seconds"]:.0f} s |
 
-Routing: `{routing_page}` shows the gate of {chosen} (the child whose routing depends most on
+Routing: {routing_page} the gate of {chosen} (the child whose routing depends most on
 the digit) for 200 validation digits sorted by class, one row each.
 
 Logs: `{out / "metrics.csv"}` and TensorBoard events in `{out}`; checkpoints `last.pt`, `best.pt`

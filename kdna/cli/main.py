@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdna.cli import metrics
+from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
 from kdna.conversion.freeze import adapter_only
 from kdna.data.classification import IMAGENET_MEAN, IMAGENET_STD, load_data
@@ -135,11 +136,12 @@ def build_model(arch: str, *, num_classes: int, customize: bool = False,
     weights = ("imagenet" if "lite" in arch.lower() else "DEFAULT") if pretrained else None
     model = create_model(arch, kernel_dna=customize, weights=weights, num_classes=num_classes)
     if do_convert:
+        config = ConvertConfig.pretrained()  # --convert converts the (pretrained) model
         if layout is None:  # first build: the automatic rule; rebuilds reuse its layout
             probe = torch.zeros(1, 3, image_size, image_size)
-            layout = convert(model, example_inputs=probe).layout
+            layout = convert(model, config, example_inputs=probe).layout
         else:
-            convert(model, groups=layout)
+            convert(model, config, groups=layout)
     meta = {"arch": arch, "customize": customize, "convert": do_convert, "layout": layout,
             "num_classes": num_classes, "image_size": image_size}
     return model, meta
@@ -180,6 +182,7 @@ def _train(args: argparse.Namespace, ctx: distributed.Context) -> dict:
         model.load_state_dict(state["model"])
         metrics = evaluate(model.to(ctx.device), data.val, batch_size=args.batch_size,
                            workers=args.workers, progress=not args.no_progress)
+        # Accuracies here and in the training summary are fractions in [0, 1], as in Metrics.
         return {"val_loss": metrics.loss, "val_top1": metrics.top1, "val_top5": metrics.top5,
                 "samples": metrics.samples}
     config = TrainConfig(
@@ -191,7 +194,7 @@ def _train(args: argparse.Namespace, ctx: distributed.Context) -> dict:
         out_dir=args.ckpt_dir, log_dir=args.log_dir, progress=not args.no_progress)
     result = fit(model, data.train, data.val, config, device=ctx.device, resume=args.resume,
                  meta=meta)
-    summary = {"best_top1": result.best_top1, "steps": result.steps,
+    summary = {"best_top1": result.best_top1, "steps": result.steps,  # accuracies: fractions
                "seconds": round(result.seconds, 1), "parameters": count_parameters(model),
                "last_checkpoint": str(result.last_checkpoint)}
     if trainable is not None:
@@ -219,7 +222,7 @@ def _report(summary: dict, ctx: distributed.Context) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "demo":
-        from kdna.cli.demo import run_demo  # imports the plotting extra only when asked
+        from kdna.cli.demo import run_demo
 
         report = run_demo(out=Path(args.out), epochs=args.epochs, image_size=args.image_size,
                           limit=args.limit, progress=not args.no_progress)

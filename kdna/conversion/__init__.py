@@ -1,13 +1,20 @@
 """Bringing KernelDNA to a network you already have.
 
-* :func:`convert` (:mod:`kdna.conversion.convert`): model surgery, in place;
+* :class:`ConvertConfig` (:mod:`kdna.conversion.config`): the conversion policy, with presets
+  for pretrained weights, training from scratch and fixed layouts;
+* :func:`convert` (:mod:`kdna.conversion.convert`): model surgery, in place; it is
+  :func:`plan_conversion` (:mod:`kdna.conversion.plan`: which layers share which parent,
+  changing nothing) then :func:`apply_plan` (building the children and fitting their scales);
 * :class:`ConversionReport` (:mod:`kdna.conversion.report`): what it changed;
 * :func:`adapter_only` (:mod:`kdna.conversion.freeze`): train only what KernelDNA added.
 """
 
-from kdna.conversion.convert import convert, select_layers
+from kdna.conversion.config import ConvertConfig
+from kdna.conversion.convert import apply_plan, convert
 from kdna.conversion.freeze import TrainableCount, adapter_only
+from kdna.conversion.plan import ConversionPlan, plan_conversion, select_layers
 from kdna.conversion.report import Agreement, ChildFit, ConversionReport, SharedGroup, agreement
 
-__all__ = ["Agreement", "ChildFit", "ConversionReport", "SharedGroup", "TrainableCount",
-           "adapter_only", "agreement", "convert", "select_layers"]
+__all__ = ["Agreement", "ChildFit", "ConversionPlan", "ConversionReport", "ConvertConfig",
+           "SharedGroup", "TrainableCount", "adapter_only", "agreement", "apply_plan", "convert",
+           "plan_conversion", "select_layers"]

@@ -1,22 +1,20 @@
 """Model surgery: turn the CNN you already have into a KernelDNA network, in place.
 
-:func:`convert` works like peft's adapters: it collects first and replaces afterwards, so a
-bad rule fails before anything changed.
+:func:`convert` is two steps, like peft's adapters (collect first, replace afterwards, so a
+bad rule fails before anything changed):
 
-1. **Candidates**: every exact ``nn.Conv2d`` with stride 1 and zero padding, and every
-   ``nn.Linear`` that runs per position (its input has dimensions between batch and
-   features, as ConvNeXt's channels-last pointwise layers do: such a Linear *is* a 1x1
-   convolution, so it shares like one). Strided convolutions (the stem, the transitions),
-   layers that see a single position (heads, squeeze-excitation) stay dense.
-2. **Groups**: candidates with the same kernel shape, the same groups and the same input
-   resolution share one parent. Resolution stands for "stage"; it is read from one probe
-   forward pass (``example_inputs``, or a 224x224 zero image). A group is kept only if a
-   child's adapter is smaller than the kernel it replaces (a depthwise kernel is not worth a
-   gate, so depthwise convolutions stay dense, as in the paper's layouts).
-3. **Parents and fits**: in each group one member stays as it is and becomes the parent
-   (the member most similar to the others, by default); every other member becomes a child
-   of it, whose static scales are fitted by least squares to the kernel it replaces, and
-   whose gate starts at exactly 1 (``gate_form="identity"``).
+1. :func:`kdna.conversion.plan.plan_conversion` finds the groups of layers that will share a
+   parent and picks each parent; it changes nothing and returns a
+   :class:`~kdna.conversion.plan.ConversionPlan` (see :mod:`kdna.conversion.plan` for the
+   rule).
+2. :func:`apply_plan` carries the plan out: every member of a group other than its parent
+   becomes a child of the parent (:class:`~kdna.nn.ChildConv2d` or
+   :class:`~kdna.nn.ChildLinear`) with the config's gate (``gate_form="identity"``: exactly 1
+   at initialisation), its old bias, and static scales fitted by least squares to the kernel it
+   replaces (``fit_scales=True``) or left at zero.
+
+The policy lives in one :class:`~kdna.conversion.config.ConvertConfig`; its presets name the
+settings for pretrained weights (the default), training from scratch, and fixed layouts.
 
 The report (:class:`kdna.conversion.report.ConversionReport`) lists the groups, the fit errors, the
 parameter counts and, given ``example_inputs``, how closely the outputs still agree.
@@ -27,133 +25,29 @@ fine-tuning (:func:`kdna.conversion.freeze.adapter_only`) makes good.
 
 from __future__ import annotations
 
-import fnmatch
-import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdna.conversion.config import ConvertConfig, resolve_config
+from kdna.conversion.plan import (
+    ConversionPlan,
+    adapter_size,
+    candidate_layers,
+    check_not_converted,
+    gate_reduction_for,
+    plan_conversion,
+    probe,
+)
 from kdna.conversion.report import ChildFit, ConversionReport, SharedGroup, agreement
 from kdna.nn.conv import ChildConv2d, KernelChild
 from kdna.nn.fitting import fit_scales
-from kdna.nn.gate import ChannelGate, GateForm
+from kdna.nn.gate import GateForm
 from kdna.nn.linear import ChildLinear
 from kdna.nn.utils import count_parameters, replace_module
 
-__all__ = ["convert", "select_layers"]
-
-ParentRule = Literal["most_similar", "first", "last"]
-Groups = Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
-_PARENT_RULES = ("most_similar", "first", "last")
-
-
-def _is_candidate_type(module: nn.Module) -> bool:
-    # Exact types: subclasses (timm's Conv2dSame, ...) may pad or reshape in forward.
-    return type(module) in (nn.Conv2d, nn.Linear)
-
-
-def _probe(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Tensor | None
-           ) -> tuple[dict[str, tuple[int, ...]], Tensor]:
-    """Run one batch through ``model`` and record the input shape of each layer."""
-    if example_inputs is None:
-        first = next((m for m in layers.values() if isinstance(m, nn.Conv2d)), None)
-        if first is None:
-            raise ValueError("the model has no nn.Conv2d; pass example_inputs to probe it")
-        example_inputs = torch.zeros(1, first.in_channels, 224, 224,
-                                     device=first.weight.device, dtype=first.weight.dtype)
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
-        return hook
-
-    handles = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            output = model(example_inputs)
-    except Exception as exc:
-        raise ValueError(
-            f"could not run a probe batch of shape {list(example_inputs.shape)} through "
-            f"{type(model).__name__} to find each layer's resolution ({exc}); pass "
-            "example_inputs=<a batch the model accepts>, or give groups explicitly"
-        ) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return shapes, output
-
-
-def select_layers(names: list[str], include: Sequence[str] | None,
-                  exclude: Sequence[str] | None) -> list[str]:
-    """The ``names`` that match a glob of ``include`` (all, if ``None``) and none of
-    ``exclude``; a ``ValueError`` for a pattern that matches nothing."""
-    for label, patterns in (("include", include), ("exclude", exclude)):
-        for pattern in patterns or ():
-            if not fnmatch.filter(names, pattern):
-                example = names[len(names) // 2] if names else "none"
-                raise ValueError(f"{label} pattern {pattern!r} matches no convolution or "
-                                 f"pointwise layer (names look like {example!r})")
-    return [n for n in names
-            if (include is None or any(fnmatch.fnmatch(n, p) for p in include))
-            and not any(fnmatch.fnmatch(n, p) for p in exclude or ())]
-
-
-def _group_key(module: nn.Module, in_shape: tuple[int, ...]) -> tuple | None:
-    positions = in_shape[2:] if isinstance(module, nn.Conv2d) else in_shape[1:-1]
-    if math.prod(positions) <= 1:  # a head, or squeeze-excitation on a pooled vector
-        return None
-    if isinstance(module, nn.Conv2d):
-        if module.stride != (1, 1) or module.padding_mode != "zeros":
-            return None
-        return ("conv", tuple(module.weight.shape), module.groups, in_shape[2:])
-    return ("linear", tuple(module.weight.shape), 1, in_shape[1:-1])
-
-
-def _auto_groups(layers: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]]
-                 ) -> list[list[str]]:
-    grouped: dict[tuple, list[str]] = {}
-    for name, module in layers.items():
-        key = _group_key(module, shapes[name]) if name in shapes else None
-        if key is not None:
-            grouped.setdefault(key, []).append(name)
-    return [members for members in grouped.values() if len(members) > 1]
-
-
-def _reduction(module: nn.Module, gate_reduction: int | str | None) -> int | None:
-    if gate_reduction != "auto":
-        return gate_reduction
-    # r = 4, raised by the expansion ratio when the input is wider than the output: the
-    # paper's choice (r = 24 before MobileNetV2's 6x-expanded projection).
-    c_in, c_out = module.weight.shape[1] * getattr(module, "groups", 1), module.weight.shape[0]
-    return 4 * max(1, round(c_in / c_out))
-
-
-def _adapter_size(module: nn.Module, reduction: int | None) -> int:
-    weight = module.weight
-    size = weight.shape[0] + (weight.shape[2] * weight.shape[3]
-                              if weight.dim() == 4 and weight.shape[2:] != (1, 1) else 0)
-    if reduction is not None:
-        channels = weight.shape[1] * getattr(module, "groups", 1)
-        with torch.device("meta"):
-            size += count_parameters(ChannelGate(channels, reduction))
-    return size
-
-
-def _choose_parent(members: list[str], layers: dict[str, nn.Module], rule: str) -> str:
-    if rule == "first":
-        return members[0]
-    if rule == "last":
-        return members[-1]
-    flat = torch.stack([layers[n].weight.detach().flatten().float() for n in members])
-    flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True).clamp_min(1e-12)
-    similarity = (flat @ flat.T).abs().sum(dim=1)
-    return members[int(similarity.argmax())]
+__all__ = ["apply_plan", "convert"]
 
 
 def _make_child(module: nn.Module, parent: nn.Module, reduction: int | None,
@@ -184,63 +78,79 @@ def _adopt(child: KernelChild, module: nn.Module, fit: bool, steps: int) -> floa
     return error
 
 
-def _explicit_groups(groups: Groups, layers: dict[str, nn.Module], parent_rule: str
-                     ) -> list[tuple[str, list[str]]]:
-    items = (list(groups.items()) if isinstance(groups, Mapping)
-             else [(None, list(members)) for members in groups])
-    seen: set[str] = set()
-    out = []
-    for parent, children in items:
-        members = ([parent] if parent else []) + list(children)
-        for name in members:
+def _check_fits(plan: ConversionPlan, layers: dict[str, nn.Module]) -> None:
+    """A ``ValueError`` unless every layer the plan names is in ``layers`` with its parent's
+    kernel shape (a plan made for another architecture, or applied twice)."""
+    for parent, children in plan.layout.items():
+        for name in (parent, *children):
             if name not in layers:
-                raise ValueError(f"group member {name!r} is not an nn.Conv2d or nn.Linear of "
-                                 f"the model (or is already a child)")
-            if name in seen:
-                raise ValueError(f"{name!r} appears in more than one group")
-            seen.add(name)
-        shapes = {n: tuple(layers[n].weight.shape) for n in members}
-        if len(members) < 2 or len(set(shapes.values())) != 1:
-            raise ValueError(f"a group needs two or more layers with one kernel shape, got "
-                             f"{shapes}")
-        parent = parent or _choose_parent(members, layers, parent_rule)
-        out.append((parent, [n for n in members if n != parent]))
-    return out
+                raise ValueError(f"the plan does not fit this model: {name!r} is not an "
+                                 "nn.Conv2d or nn.Linear of it (or is already a child)")
+        shapes = {n: tuple(layers[n].weight.shape) for n in (parent, *children)}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"the plan does not fit this model: the group of {parent!r} has "
+                             f"kernel shapes {shapes}, one shape expected")
 
 
-def convert(
-    model: nn.Module,
-    *,
-    groups: Groups | None = None,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    parent: ParentRule = "most_similar",
-    gate_reduction: int | Literal["auto"] | None = "auto",
-    gate_form: GateForm = "identity",
-    fit: bool = True,
-    fit_steps: int = 10,
-    example_inputs: Tensor | None = None,
-) -> ConversionReport:
+def _share(model: nn.Module, layers: dict[str, nn.Module], parent_name: str,
+           child_names: list[str], config: ConvertConfig) -> SharedGroup:
+    """Replace each of ``child_names`` by a child of ``parent_name``; the group's report."""
+    parent = layers[parent_name]
+    fits, saved = [], 0
+    for name in child_names:
+        module = layers[name]
+        reduction = gate_reduction_for(module, config.gate_reduction)
+        child = _make_child(module, parent, reduction, config.gate_form)
+        fits.append(ChildFit(name, _adopt(child, module, config.fit_scales, config.fit_steps)))
+        saved += module.weight.numel() - adapter_size(module, reduction)
+        replace_module(model, name, child)
+    return SharedGroup(parent_name, tuple(fits), "conv" if parent.weight.dim() == 4 else "linear",
+                       tuple(parent.weight.shape), saved)
+
+
+def apply_plan(model: nn.Module, plan: ConversionPlan) -> ConversionReport:
+    """Carry out ``plan`` (from :func:`~kdna.conversion.plan.plan_conversion`) on ``model``,
+    in place: each planned child replaces its layer. The model may be the one planned or an
+    unconverted copy of it.
+
+    Raises:
+        ValueError: the model is already converted or does not have the planned layers; it
+            is unchanged when this is raised.
+    """
+    if not isinstance(plan, ConversionPlan):
+        raise TypeError(f"plan must be a ConversionPlan (from kdna.conversion.plan_conversion), "
+                        f"got {type(plan).__name__}")
+    check_not_converted(model)
+    layers = candidate_layers(model)
+    _check_fits(plan, layers)
+    params_before = count_parameters(model)
+    groups = [_share(model, layers, parent, children, plan.config)
+              for parent, children in plan.layout.items()]
+    report = ConversionReport(groups, params_before, count_parameters(model), list(plan.skipped))
+    if plan.example_inputs is not None and isinstance(plan.probe_output, Tensor):
+        _, after = probe(model, {}, plan.example_inputs)
+        report.agreement = agreement(plan.probe_output, after)
+    return report
+
+
+def convert(model: nn.Module, config: ConvertConfig | None = None, *,
+            example_inputs: Tensor | None = None, **overrides: Any) -> ConversionReport:
     """Replace groups of same-shaped layers of ``model`` by children of a shared parent.
+
+    ``convert(model, config, **overrides)`` is ``apply_plan(model, plan_conversion(model,
+    config, **overrides))``.
 
     Args:
         model: a CNN built from ``nn.Conv2d`` (torchvision, timm, your own); changed in place.
-        groups: explicit groups instead of the automatic rule: a mapping ``parent name ->
-            child names``, or a list of name lists (the parent then chosen by ``parent``).
-        include, exclude: glob patterns over module names (``"layer3.*"``) that restrict the
-            automatic rule's candidates.
-        parent: how a group's parent is chosen: ``"most_similar"`` (highest mean absolute
-            cosine similarity to the other members), ``"first"`` or ``"last"`` in model order.
-        gate_reduction: the gates' reduction ratio; ``"auto"`` is 4, times the layer's
-            input/output width ratio when it narrows (the paper's 24 for MobileNetV2's
-            projections); ``None`` for static-only children.
-        gate_form: ``"identity"`` (exactly 1 at initialisation, so the converted network
-            starts from the function it was given) or ``"paper"`` (sigmoid).
-        fit: fit each child's static scales to the kernel it replaces (otherwise they start
-            at zero: each child starts as a copy of its parent, as when training from scratch).
-        fit_steps: alternating least-squares steps for the fit.
+        config: the policy, a :class:`~kdna.conversion.config.ConvertConfig`; default
+            :meth:`ConvertConfig.pretrained() <kdna.conversion.config.ConvertConfig.pretrained>`
+            (identity gates, fitted scales, the most similar member as parent).
         example_inputs: a batch the model accepts: used to find each layer's resolution and
             to measure how closely the converted outputs agree with the original ones.
+        **overrides: fields of the config to change for this call: ``groups``, ``include``,
+            ``exclude``, ``parent_rule``, ``gate_reduction``, ``gate_form``, ``fit_scales``,
+            ``fit_steps`` (see :class:`~kdna.conversion.config.ConvertConfig`). ``parent=`` and
+            ``fit=`` still work, as deprecated names of ``parent_rule=`` and ``fit_scales=``.
 
     Returns:
         a :class:`ConversionReport`.
@@ -248,66 +158,7 @@ def convert(
     Raises:
         ValueError: the model is already converted, there is nothing to share, or a rule is
             invalid. The model is unchanged when this is raised.
+        TypeError: an unknown setting, or a config that is not a ``ConvertConfig``.
     """
-    already = [n for n, m in model.named_modules() if isinstance(m, KernelChild)]
-    if already:
-        raise ValueError(f"{type(model).__name__} is already converted ({len(already)} "
-                         f"KernelDNA children, e.g. {already[0]!r}); convert a fresh copy")
-    if parent not in _PARENT_RULES:
-        raise ValueError(f"parent must be one of {_PARENT_RULES}, got {parent!r}")
-    if not (gate_reduction in ("auto", None) or isinstance(gate_reduction, int)):
-        raise ValueError(f"gate_reduction must be 'auto', a positive int or None, "
-                         f"got {gate_reduction!r}")
-    layers = {n: m for n, m in model.named_modules() if _is_candidate_type(m)}
-    params_before = count_parameters(model)
-    before = None
-    skipped: list[tuple[tuple[str, ...], str]] = []
-    if groups is not None:
-        if include is not None or exclude is not None:
-            raise ValueError("give either explicit groups or include/exclude patterns, not both")
-        plan = _explicit_groups(groups, layers, parent)
-        if example_inputs is not None:
-            _, before = _probe(model, layers, example_inputs)
-    else:
-        shapes, before = _probe(model, layers, example_inputs)
-        selected = select_layers(list(layers), include, exclude)
-        plan = []
-        for members in _auto_groups({n: layers[n] for n in selected}, shapes):
-            module = layers[members[0]]
-            adapter = _adapter_size(module, _reduction(module, gate_reduction))
-            if adapter >= module.weight.numel():
-                skipped.append((tuple(members), f"an adapter ({adapter:,} parameters) would "
-                                f"not be smaller than the kernel ({module.weight.numel():,})"))
-                continue
-            chosen = _choose_parent(members, layers, parent)
-            plan.append((chosen, [n for n in members if n != chosen]))
-        if not plan:
-            raise ValueError(
-                f"nothing to share in {type(model).__name__}: no two stride-1 convolutions "
-                f"(or pointwise Linears) with one kernel shape at one resolution"
-                + (f" (left dense: {len(skipped)} groups whose adapters would cost more than "
-                   "their kernels)" if skipped else "")
-            )
-
-    report_groups = []
-    for parent_name, child_names in plan:
-        parent_module = layers[parent_name]
-        fits = []
-        for name in child_names:
-            module = layers[name]
-            reduction = _reduction(module, gate_reduction)
-            child = _make_child(module, parent_module, reduction, gate_form)
-            fits.append(ChildFit(name, _adopt(child, module, fit, fit_steps)))
-            replace_module(model, name, child)
-        saved = sum(layers[n].weight.numel() for n in child_names) - sum(
-            _adapter_size(layers[n], _reduction(layers[n], gate_reduction))
-            for n in child_names)
-        report_groups.append(SharedGroup(parent_name, tuple(fits),
-                                         "conv" if parent_module.weight.dim() == 4 else "linear",
-                                         tuple(parent_module.weight.shape), saved))
-
-    report = ConversionReport(report_groups, params_before, count_parameters(model), skipped)
-    if before is not None and isinstance(before, Tensor) and example_inputs is not None:
-        _, after = _probe(model, {}, example_inputs)
-        report.agreement = agreement(before, after)
-    return report
+    config = resolve_config(config, overrides, caller="convert")
+    return apply_plan(model, plan_conversion(model, config, example_inputs=example_inputs))

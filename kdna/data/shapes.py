@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from skimage import draw
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdna._checks import int_at_least
+from kdna._extras import require
 from kdna.data.online import require_online
 
 __all__ = ["SHAPES", "PennFudan", "SegmentationView", "ShapesDataset", "collate", "penn_fudan"]
@@ -44,14 +45,9 @@ _MIN_VISIBLE = 0.5  # an earlier shape must keep this share of its pixels visibl
 _TRIES = 20  # placements tried per shape before the image keeps fewer shapes
 
 
-def _int_arg(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
-    return int(value)
-
-
 def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A boolean ``[size, size]`` footprint of one shape (its extent fills the square)."""
+    draw = require("skimage.draw", None, "kdna.data.shapes")  # scikit-image: a core dependency
     mask = np.zeros((size, size), bool)
     r = (size - 1) / 2
     if kind == "circle":
@@ -105,25 +101,26 @@ class ShapesDataset(Dataset):
     def __init__(self, length: int = 256, *, image_size: int = 128,
                  classes: Sequence[str] = SHAPES, objects: tuple[int, int] = (1, 4),
                  object_size: tuple[int, int] | None = None, seed: int = 0) -> None:
-        self.length = _int_arg("length", length, 1)
-        self.image_size = _int_arg("image_size", image_size, 32)
+        self.length = int_at_least("length", length, 1)
+        self.image_size = int_at_least("image_size", image_size, 32)
         if isinstance(classes, str) or not classes or len(set(classes)) != len(classes) or any(
                 c not in SHAPES for c in classes):
             raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
         self.classes = list(classes)
         if (not isinstance(objects, tuple | list) or len(objects) != 2
-                or _int_arg("objects[0]", objects[0], 1) > _int_arg("objects[1]", objects[1], 1)):
+                or int_at_least("objects[0]", objects[0], 1)
+                > int_at_least("objects[1]", objects[1], 1)):
             raise ValueError(f"objects must be (min, max) with 1 <= min <= max, got {objects!r}")
         self.objects = (int(objects[0]), int(objects[1]))
         if object_size is None:
             object_size = (max(8, self.image_size // 8), max(8, self.image_size // 8) * 3)
         if (not isinstance(object_size, tuple | list) or len(object_size) != 2
-                or _int_arg("object_size[0]", object_size[0], 4) > object_size[1]
-                or _int_arg("object_size[1]", object_size[1], 4) > self.image_size):
+                or int_at_least("object_size[0]", object_size[0], 4) > object_size[1]
+                or int_at_least("object_size[1]", object_size[1], 4) > self.image_size):
             raise ValueError(f"object_size must be (min, max) with 4 <= min <= max <= image_size "
                              f"({self.image_size}), got {object_size!r}")
         self.object_size = (int(object_size[0]), int(object_size[1]))
-        self.seed = _int_arg("seed", seed, 0)
+        self.seed = int_at_least("seed", seed, 0)
 
     @property
     def num_classes(self) -> int:

@@ -1,5 +1,6 @@
 """Dense prediction: KernelDNA ResNets as backbones of torchvision's detectors and segmenters
-(:mod:`kdna.dense.backbones`), and their training and metrics (:mod:`kdna.dense.train`).
+(:mod:`kdna.dense.backbones`; the gates' :class:`FrozenGateNorm`, :mod:`kdna.dense.norm`), and
+their training and metrics (:mod:`kdna.dense.train`).
 
 Needs the ``dense`` extra for the metrics (torchmetrics, pycocotools):
 ``pip install 'kdna[dense]'``.
@@ -8,15 +9,15 @@ Needs the ``dense`` extra for the metrics (torchmetrics, pycocotools):
 from kdna.dense.backbones import (
     ARCHS,
     KERNEL_DNA,
-    GateNorm,
     deeplabv3,
     faster_rcnn,
     mask_rcnn,
     resnet_fpn_backbone,
     resnet_trunk,
 )
+from kdna.dense.norm import FrozenGateNorm, GateNorm
 from kdna.dense.train import evaluate_detection, evaluate_segmentation, train_dense
 
-__all__ = ["ARCHS", "KERNEL_DNA", "GateNorm", "deeplabv3", "evaluate_detection",
+__all__ = ["ARCHS", "KERNEL_DNA", "FrozenGateNorm", "GateNorm", "deeplabv3", "evaluate_detection",
            "evaluate_segmentation", "faster_rcnn", "mask_rcnn", "resnet_fpn_backbone",
            "resnet_trunk", "train_dense"]

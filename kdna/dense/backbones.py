@@ -19,9 +19,10 @@ the paper layout's rebuilt ``layer3`` / ``layer4`` fit as well as torchvision's.
 
 Normalisation, decided for small batches of large images:
 
-* **gates**: every KernelDNA gate's ``BatchNorm1d`` normalises with its running statistics
-  (:class:`GateNorm`; its scale and shift still train). A detector sees 1-4 images per step,
-  and batch statistics of 2 pooled descriptors are nearly meaningless (batch 1 even raises).
+* **gates**: every KernelDNA gate's ``BatchNorm1d`` becomes a
+  :class:`~kdna.dense.norm.FrozenGateNorm`: fixed statistics (never updated), trainable
+  scale and shift. A detector sees 1-4 images per step, and batch statistics of 2 pooled
+  descriptors are nearly meaningless (batch 1 even raises).
 * **feature maps**: with ``weights_backbone``, every ``BatchNorm2d`` of the trunk (the
   children's own included) becomes torchvision's ``FrozenBatchNorm2d``, as in torchvision's
   detectors; from scratch they stay ordinary ``BatchNorm2d`` (statistics over batch x height
@@ -40,7 +41,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -51,28 +51,19 @@ from torchvision.models.segmentation import DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from kdna.dense.norm import FrozenGateNorm, GateNorm
 from kdna.models import create_model
 from kdna.models.layout import apply_layout
 from kdna.nn.conv import ChildConv2d
 from kdna.nn.gate import ChannelGate
 
-__all__ = ["ARCHS", "KERNEL_DNA", "GateNorm", "deeplabv3", "faster_rcnn", "mask_rcnn",
-           "resnet_fpn_backbone", "resnet_trunk"]
+__all__ = ["ARCHS", "KERNEL_DNA", "FrozenGateNorm", "GateNorm", "deeplabv3", "faster_rcnn",
+           "mask_rcnn", "resnet_fpn_backbone", "resnet_trunk"]
 
 ARCHS = ("resnet18", "resnet50")
 KERNEL_DNA = ("paper", "convert", False)
 KernelDNA = Literal["paper", "convert", False] | bool
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's trainable order
-
-
-class GateNorm(nn.BatchNorm1d):
-    """A gate's ``BatchNorm1d`` that always normalises with its running statistics (as in
-    eval mode) while its affine scale and shift train: batch statistics of a few pooled
-    descriptors are noise, and of one they are undefined. Same state_dict as BatchNorm1d."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            False, 0.0, self.eps)
 
 
 def _check_choices(arch: str, kernel_dna: object) -> str:
@@ -89,10 +80,11 @@ def _check_choices(arch: str, kernel_dna: object) -> str:
 
 
 def _freeze_norms(module: nn.Module, frozen_2d: bool) -> None:
-    """Gates' BatchNorm1d -> GateNorm; BatchNorm2d -> FrozenBatchNorm2d if ``frozen_2d``."""
+    """Gates' BatchNorm1d -> FrozenGateNorm; BatchNorm2d -> FrozenBatchNorm2d if
+    ``frozen_2d``."""
     for name, child in list(module.named_children()):
         if isinstance(module, ChannelGate) and type(child) is nn.BatchNorm1d:
-            new = GateNorm(child.num_features, child.eps).to(child.weight.device)
+            new = FrozenGateNorm(child.num_features, child.eps).to(child.weight.device)
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         elif frozen_2d and type(child) is nn.BatchNorm2d:
@@ -226,7 +218,7 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelD
 
     The pyramid and heads always start from random initialisation (no pretrained detection
     weights fit a KernelDNA trunk); ``weights_backbone`` only concerns the trunk. Trains with
-    any batch size, one image included (see :class:`GateNorm`).
+    any batch size, one image included (see :class:`~kdna.dense.norm.FrozenGateNorm`).
 
     Args:
         num_classes: classes including the background (label 0).

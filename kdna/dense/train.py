@@ -11,25 +11,50 @@ labelled ``ignore_index`` do not count).
 through torchmetrics' ``MeanAveragePrecision`` on pycocotools) and
 :func:`evaluate_segmentation` (mean IoU over the classes present, and pixel accuracy,
 through torchmetrics) return plain floats in [0, 1].
+
+The optimiser and the warm-up + cosine schedule are :mod:`kdna.train.schedule`'s, the same as
+the classification loop's. Keywords follow the project's vocabulary: ``progress`` (show a
+progress bar) and ``grad_clip``; the former ``disable`` and ``clip_grad_norm`` still work for
+this release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
+from kdna._checks import int_at_least, positive_float, positive_int
+from kdna._extras import require
 from kdna.nn.utils import device_of, eval_mode
+from kdna.train.schedule import build_optimizer, warmup_cosine
 
 __all__ = ["evaluate_detection", "evaluate_segmentation", "train_dense"]
 
-_OPTIMIZERS = ("adamw", "sgd")
+# Deprecated keyword -> (its replacement, how an old value becomes a new one).
+_RENAMED: dict[str, tuple[str, Callable[[object], object]]] = {
+    "disable": ("progress", lambda disable: not disable),
+    "clip_grad_norm": ("grad_clip", lambda clip: clip),
+}
+
+
+def _renamed(function: str, deprecated: dict[str, object], current: dict[str, object]
+             ) -> dict[str, object]:
+    """``current`` (keyword -> value) updated from the ``deprecated`` keywords a caller of
+    ``function`` passed, each with a ``DeprecationWarning``; an unknown one is a TypeError."""
+    for old, value in deprecated.items():
+        new, convert = _RENAMED.get(old, (None, None))
+        if new not in current:
+            raise TypeError(f"{function}() got an unexpected keyword argument {old!r}")
+        current[new] = convert(value)
+        warnings.warn(f"{function}({old}=...) is deprecated and will be removed in the next "
+                      f"release; use {new}={current[new]!r}", DeprecationWarning, stacklevel=3)
+    return current
 
 
 def _is_detection(batch: object) -> bool:
@@ -73,88 +98,87 @@ def _segmentation_loss(out: dict[str, Tensor], targets: Tensor, ignore_index: in
 
 def train_dense(model: nn.Module, loader: Iterable, steps: int, lr: float = 1e-3, *,
                 optimizer: str = "adamw", weight_decay: float = 1e-4, momentum: float = 0.9,
-                warmup_steps: int = 0, cosine: bool = True, clip_grad_norm: float | None = 10.0,
+                warmup_steps: int = 0, cosine: bool = True, grad_clip: float | None = 10.0,
                 ignore_index: int = 255, device: torch.device | str | None = None,
-                disable: bool = False) -> list[float]:
+                progress: bool = True, **deprecated: object) -> list[float]:
     """Train ``model`` for ``steps`` optimiser steps on ``loader`` (cycled); per-step losses.
 
     Args:
-        lr, optimizer, weight_decay, momentum: AdamW (default) or SGD with momentum, over the
-            parameters that require grad; after ``warmup_steps`` steps of linear warm-up
-            the learning rate decays to 0 along a cosine (``cosine=True``) or stays.
-        clip_grad_norm: clip the gradients' global norm (``None``: no clipping); detectors
-            trained from scratch have occasional large gradients early on.
+        lr, optimizer, weight_decay, momentum: AdamW (default; betas ``(momentum, 0.999)``)
+            or SGD with momentum, over the parameters that require grad
+            (:func:`kdna.train.schedule.build_optimizer`).
+        warmup_steps, cosine: ``warmup_steps`` steps of linear warm-up, then the learning
+            rate decays to 0 along a cosine (``cosine=True``) or stays at ``lr``
+            (:func:`kdna.train.schedule.warmup_cosine`).
+        grad_clip: clip the gradients' global norm to this (``None``: no clipping);
+            detectors trained from scratch have occasional large gradients early on.
         ignore_index: segmentation pixels with this label do not count.
         device: where to train (default: where the model is).
-        disable: hide the tqdm progress bar.
+        progress: show a tqdm progress bar.
+        **deprecated: ``disable`` (now ``progress``, inverted) and ``clip_grad_norm`` (now
+            ``grad_clip``) still work for this release, with a ``DeprecationWarning``.
 
     Raises:
         FloatingPointError: a loss that is not finite (the learning rate is too high).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not (isinstance(lr, int | float) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+    kw = _renamed("train_dense", deprecated, {"progress": progress, "grad_clip": grad_clip})
+    steps, lr = positive_int("steps", steps), positive_float("lr", lr)
+    warmup_steps = int_at_least("warmup_steps", warmup_steps, 0)
     if device is not None:
         model.to(device)
     device = device_of(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no parameter that requires grad")
-    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if optimizer == "adamw"
-           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if not cosine:
-            return 1.0
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    opt = build_optimizer(params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps,
+                                                                    cosine=cosine))
     model.train()
     losses: list[float] = []
     batches = _cycle(loader)
-    for _ in tqdm(range(steps), desc="train", leave=False, disable=disable):
-        batch = next(batches)
-        detection = _is_detection(batch)
-        images, targets = _to(batch, device, detection)
-        if detection:
-            loss = sum(model(images, targets).values())
-        else:
-            loss = _segmentation_loss(model(images), targets, ignore_index)
+    for step in tqdm(range(steps), desc="train", leave=False, disable=not kw["progress"]):
+        loss = _dense_loss(model, next(batches), device, ignore_index)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {len(losses)}; "
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; "
                                      f"lower the learning rate (lr={lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if kw["grad_clip"] is not None:
+            nn.utils.clip_grad_norm_(params, kw["grad_clip"])
         opt.step()
         schedule.step()
         losses.append(loss.item())
     return losses
 
 
+def _dense_loss(model: nn.Module, batch: object, device: torch.device, ignore_index: int
+                ) -> Tensor:
+    """The training loss of one batch: the sum of a detector's loss dict, or a segmenter's
+    cross-entropy (see :func:`_segmentation_loss`)."""
+    detection = _is_detection(batch)
+    images, targets = _to(batch, device, detection)
+    if detection:
+        return sum(model(images, targets).values())
+    return _segmentation_loss(model(images), targets, ignore_index)
+
+
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, loader: Iterable, *, disable: bool = True
-                       ) -> dict[str, float]:
+def evaluate_detection(model: nn.Module, loader: Iterable, *, progress: bool = False,
+                       **deprecated: object) -> dict[str, float]:
     """COCO mAP of a detector on ``loader`` (detection batches), in eval mode.
 
     Returns ``{"map", "map_50", "map_75"}`` for boxes, and ``{"mask_map", "mask_map_50",
     "mask_map_75"}`` too when the model predicts masks (thresholded at 0.5). A class with no
-    ground truth in the whole loader does not count.
+    ground truth in the whole loader does not count. ``progress`` shows a tqdm bar (the
+    former ``disable=`` still works for this release, with a ``DeprecationWarning``).
     """
+    progress = _renamed("evaluate_detection", deprecated, {"progress": progress})["progress"]
+    require("pycocotools", "dense", "evaluate_detection")  # torchmetrics' COCO backend
+    MeanAveragePrecision = require(
+        "torchmetrics.detection", "dense", "evaluate_detection").MeanAveragePrecision
     device = device_of(model)
     metric: MeanAveragePrecision | None = None
     with_masks = False
     with eval_mode(model):
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=disable):
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             if not _is_detection(batch):
                 raise TypeError("evaluate_detection needs detection batches (image and target "
                                 "lists, kdna.data.shapes.collate); use evaluate_segmentation")
@@ -192,23 +216,28 @@ def _mask(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, *,
-                          ignore_index: int = 255, disable: bool = True) -> dict[str, float]:
+                          ignore_index: int = 255, progress: bool = False,
+                          **deprecated: object) -> dict[str, float]:
     """Mean IoU and pixel accuracy of a segmenter on ``loader`` (segmentation batches).
 
     ``miou``: torchmetrics' ``MulticlassJaccardIndex`` (macro average) over the
     ``num_classes`` classes, background included; a class absent from both the predictions
     and the labels does not count;
     ``pixel_accuracy``: the share of pixels labelled correctly. ``ignore_index`` pixels do
-    not count in either.
+    not count in either. ``progress`` shows a tqdm bar (the former ``disable=`` still works
+    for this release, with a ``DeprecationWarning``).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    progress = _renamed("evaluate_segmentation", deprecated, {"progress": progress})["progress"]
+    int_at_least("num_classes", num_classes, 2)
+    metrics = require("torchmetrics.classification", "dense", "evaluate_segmentation")
+    MulticlassAccuracy, MulticlassJaccardIndex = (
+        metrics.MulticlassAccuracy, metrics.MulticlassJaccardIndex)
     device = device_of(model)
     miou = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index)
     accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index)
     seen = False
     with eval_mode(model):
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=disable):
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             if _is_detection(batch):
                 raise TypeError("evaluate_segmentation needs segmentation batches (image and "
                                 "class-map tensors); use evaluate_detection")

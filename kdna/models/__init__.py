@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from kdna._checks import positive_int
 from kdna.models import efficientnet_lite
 from kdna.models.convnext import convnext_tiny
 from kdna.models.layout import apply_layout
@@ -95,7 +96,6 @@ def create_model(name: str, *, kernel_dna: bool = True, weights: str | None = No
         num_classes: size of the classifier; with weights, a new head of this size replaces
             a pretrained head of a different size.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    positive_int("num_classes", num_classes)
     return _BUILDERS[_canonical(name)](kernel_dna=kernel_dna, weights=weights,
                                        num_classes=num_classes)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms
+
+from kdna._checks import positive_int
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "EfficientNetLite", "MBConv", "SamePad2d",
            "efficientnet_lite0", "eval_transform", "imagenet_state_dict"]
@@ -176,10 +179,9 @@ def efficientnet_lite0(*, weights: str | None = None, num_classes: int = 1000) -
     """
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"weights must be None or one of {list(WEIGHTS)}, got {weights!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    num_classes = positive_int("num_classes", num_classes)
     model = EfficientNetLite(num_classes)
     if weights == "imagenet":
         state = imagenet_state_dict()

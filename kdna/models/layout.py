@@ -10,9 +10,12 @@ import torch
 import torchvision
 from torch import nn
 
+from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
 from kdna.data.online import require_online
 from kdna.nn.utils import head_name, replace_module
+
+__all__ = ["OFFLINE_WEIGHTS", "apply_layout", "torchvision_model", "torchvision_weights"]
 
 OFFLINE_WEIGHTS = ("kdna.create_model('efficientnet_lite0', weights='imagenet'), whose "
                    "ImageNet weights ship with pip")
@@ -59,13 +62,16 @@ def apply_layout(model: nn.Module, groups: Mapping[str, Sequence[str]] | None, *
                  pretrained: bool) -> nn.Module:
     """Make ``model`` a KernelDNA network with the given ``parent -> children`` groups.
 
-    From scratch (the paper's setting) the gates are the paper's sigmoid and each child
-    starts as a copy of its parent. From pretrained weights the gates start at exactly 1
+    From scratch (the paper's setting, :meth:`ConvertConfig.from_scratch
+    <kdna.conversion.config.ConvertConfig.from_scratch>`) the gates are the paper's sigmoid
+    and each child starts as a copy of its parent. From pretrained weights
+    (:meth:`ConvertConfig.pretrained_layout
+    <kdna.conversion.config.ConvertConfig.pretrained_layout>`) the gates start at exactly 1
     and the static scales are fitted to the kernels they replace (see :func:`kdna.convert`).
-    ``groups=None`` applies :func:`kdna.convert`'s automatic rule, with the last member of
-    each group as the parent (as in the paper's layouts), so that the structure does not
-    depend on the weights and a state_dict always fits a freshly built model.
+    ``groups=None`` applies :func:`kdna.convert`'s automatic rule; both presets make the last
+    member of each group the parent (as in the paper's layouts), so that the structure does
+    not depend on the weights and a state_dict always fits a freshly built model.
     """
-    convert(model, groups=groups, parent="last", gate_form="identity" if pretrained else "paper",
-            fit=pretrained)
+    preset = ConvertConfig.pretrained_layout if pretrained else ConvertConfig.from_scratch
+    convert(model, preset(groups=groups))
     return model

@@ -35,27 +35,32 @@ def _no_pretrained_layout(arch: str, weights: str | None) -> None:
         )
 
 
+def _build(arch: str, block: type[nn.Module], depths: list[int], groups: dict[str, list[str]],
+           *, kernel_dna: bool, weights: str | None, num_classes: int) -> nn.Module:
+    """The paper's layout of ``arch`` (``depths`` blocks per stage, ``groups`` shared), or
+    torchvision's plain ``arch``."""
+    if not kernel_dna:
+        return torchvision_model(getattr(tv, arch), arch, weights, num_classes)[0]
+    _no_pretrained_layout(arch, weights)
+    model = tv.ResNet(block, depths, num_classes=num_classes)
+    return apply_layout(model, groups, pretrained=False)
+
+
 def resnet18(*, kernel_dna: bool = True, weights: str | None = None,
              num_classes: int = 1000) -> nn.Module:
     """ResNet-18: the paper's KernelDNA layout, or torchvision's plain network."""
-    if not kernel_dna:
-        return torchvision_model(tv.resnet18, "resnet18", weights, num_classes)[0]
-    _no_pretrained_layout("resnet18", weights)
-    model = tv.ResNet(tv.BasicBlock, [2, 2, 3, 3], num_classes=num_classes)
     groups = {}
     for stage in ("layer3", "layer4"):
         groups[f"{stage}.1.conv2"] = [f"{stage}.0.conv2", f"{stage}.1.conv1"]
         groups[f"{stage}.2.conv2"] = [f"{stage}.2.conv1"]
-    return apply_layout(model, groups, pretrained=False)
+    return _build("resnet18", tv.BasicBlock, [2, 2, 3, 3], groups, kernel_dna=kernel_dna,
+                  weights=weights, num_classes=num_classes)
 
 
 def resnet50(*, kernel_dna: bool = True, weights: str | None = None,
              num_classes: int = 1000) -> nn.Module:
     """ResNet-50: the paper's KernelDNA layout, or torchvision's plain network."""
-    if not kernel_dna:
-        return torchvision_model(tv.resnet50, "resnet50", weights, num_classes)[0]
-    _no_pretrained_layout("resnet50", weights)
-    model = tv.ResNet(tv.Bottleneck, [3, 4, 7, 3], num_classes=num_classes)
     pairs = [("layer3", 1), ("layer3", 3), ("layer3", 5), ("layer4", 1)]
     groups = {f"{stage}.{i + 1}.conv2": [f"{stage}.{i}.conv2"] for stage, i in pairs}
-    return apply_layout(model, groups, pretrained=False)
+    return _build("resnet50", tv.Bottleneck, [3, 4, 7, 3], groups, kernel_dna=kernel_dna,
+                  weights=weights, num_classes=num_classes)

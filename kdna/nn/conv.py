@@ -1,4 +1,4 @@
-"""The KernelDNA building blocks: a shared parent kernel, its children, and the input gate.
+"""The KernelDNA building blocks: a shared parent kernel and the children that borrow it.
 
 A *child* convolution does not own a kernel. It borrows its *parent's* kernel ``P`` and
 adapts it in two decoupled ways:
@@ -11,7 +11,7 @@ adapts it in two decoupled ways:
 
 Because the gate scales the input, the child is still one ordinary ``F.conv2d`` on the
 normal batch: ``conv2d(x * g(x), W)``. No per-sample kernels are ever built. The gate itself
-lives in :mod:`kdna.nn.gate` (re-exported here).
+lives in :mod:`kdna.nn.gate`; the child of a pointwise ``nn.Linear`` in :mod:`kdna.nn.linear`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Training and evaluation: the reference recipe, done so that it really trains and resumes.
 
 * :func:`fit`, :class:`TrainConfig` (:mod:`kdna.train.loop`): the training loop;
+* :func:`build_optimizer`, :func:`warmup_cosine` (:mod:`kdna.train.schedule`): the optimiser
+  and learning-rate schedule, shared with :func:`kdna.dense.train.train_dense`;
 * :func:`evaluate`, :func:`recalibrate_batchnorm` (:mod:`kdna.train.evaluate`);
 * :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`kdna.train.checkpoint`);
 * :mod:`kdna.train.distributed`: joining a ``torchrun`` run.
+
+Accuracies in every result (:class:`Metrics`, :class:`TrainResult`) are fractions in [0, 1].
 """
 
 from kdna.train import distributed
 from kdna.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdna.train.evaluate import Metrics, evaluate, recalibrate_batchnorm
 from kdna.train.loop import NonFiniteLossError, TrainConfig, TrainResult, fit
+from kdna.train.schedule import build_optimizer, warmup_cosine
 
-__all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "distributed",
-           "evaluate", "fit", "load_checkpoint", "recalibrate_batchnorm", "rng_state",
-           "save_checkpoint", "set_rng_state"]
+__all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "build_optimizer",
+           "distributed", "evaluate", "fit", "load_checkpoint", "recalibrate_batchnorm",
+           "rng_state", "save_checkpoint", "set_rng_state", "warmup_cosine"]

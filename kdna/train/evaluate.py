@@ -1,6 +1,7 @@
 """Evaluation: loss and accuracy of a classifier, and re-estimating BatchNorm statistics.
 
 Used by :func:`kdna.train.fit` after every epoch, and on their own (``kdna eval``).
+Accuracies are fractions in [0, 1] (printed tables show them as percentages).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from kdna.nn.utils import device_of
@@ -23,11 +24,12 @@ __all__ = ["Metrics", "evaluate", "recalibrate_batchnorm"]
 
 @dataclass(frozen=True)
 class Metrics:
-    """Loss and accuracy over a data set."""
+    """Loss and accuracy over a data set: mean cross-entropy, top-1 and top-5 accuracy as
+    fractions in [0, 1], and the number of samples, each counted once."""
 
     loss: float
-    top1: float
-    top5: float
+    top1: float  # fraction of samples whose arg-max class is the label
+    top5: float  # fraction whose label is among the 5 (or all, if fewer) highest logits
     samples: int
 
 
@@ -46,17 +48,21 @@ def device_batches(loader: DataLoader, device: torch.device, channels_last: bool
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
              device: torch.device | str | None = None, workers: int = 0,
              progress: bool = True, channels_last: bool = False) -> Metrics:
-    """Cross-entropy, top-1 and top-5 accuracy of ``model`` on ``dataset`` (eval mode).
+    """Cross-entropy, top-1 and top-5 accuracy (fractions) of ``model`` on ``dataset``, in
+    eval mode.
 
-    Under ``torch.distributed`` each rank evaluates its shard and the sums are all-reduced.
+    Under ``torch.distributed`` rank ``r`` of ``w`` evaluates samples ``r, r + w, r + 2w,
+    ...`` (no padding, unlike ``DistributedSampler``: every sample counts exactly once) and
+    the sums are all-reduced, so every rank returns the metrics of the whole data set.
     """
     if device is not None:
         model.to(device)
     device = device_of(model)
     distributed = is_distributed()
-    sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=False) if distributed
-               else None)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    if distributed:
+        model = _local(model)
+        dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
@@ -74,7 +80,19 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     loss, top1, top5, n = totals.tolist()
     if n == 0:
         raise ValueError("cannot evaluate on an empty data set")
-    return Metrics(loss / n, 100 * top1 / n, 100 * top5 / n, int(n))
+    return Metrics(loss / n, top1 / n, top5 / n, int(n))
+
+
+def _local(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, its buffers (BatchNorm statistics)
+    made rank 0's, as DDP's next forward would: ranks then evaluate the same network, and
+    shards of different sizes (or an empty one) need no collective call per batch."""
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return model
+    if model.broadcast_buffers:
+        for buffer in model.module.buffers():
+            dist.broadcast(buffer, 0)
+    return model.module
 
 
 @torch.no_grad()

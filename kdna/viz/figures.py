@@ -10,14 +10,17 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from PIL import Image
-from plotly.subplots import make_subplots
 from torch import nn
 
+from kdna._checks import positive_int
+from kdna._extras import require
 from kdna.conversion.report import ConversionReport
 from kdna.nn.conv import ChildConv2d, ParentKernel
+
+go = require("plotly.graph_objects", "viz", "kdna.viz")  # ImportError naming kdna[viz]
+make_subplots = require("plotly.subplots", "viz", "kdna.viz").make_subplots
 
 __all__ = ["accuracy_vs_parameters", "attribution_overlay", "conversion_tradeoff", "fit_errors",
            "image_predictions", "kernel_family", "layer_scores", "routing_heatmap",
@@ -150,6 +153,8 @@ def image_predictions(images: Sequence[np.ndarray], captions: Sequence[str], *,
     if len(images) != len(captions) or not images:
         raise ValueError(f"need one caption per image, got {len(images)} images and "
                          f"{len(captions)} captions")
+    positive_int("cols", cols)
+    positive_int("size", size)
     rows = -(-len(images) // cols)
     fig = make_subplots(rows=rows, cols=min(cols, len(images)), subplot_titles=list(captions),
                         horizontal_spacing=0.02, vertical_spacing=0.12)

@@ -1,0 +1,259 @@
+"""One conversion policy: ConvertConfig, its presets and overrides, the deprecated keywords,
+and convert as plan_conversion then apply_plan."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import kdna
+from kdna import ChildConv2d, ConvertConfig, convert
+from kdna.conversion import ConversionPlan, apply_plan, plan_conversion
+from kdna.models.layout import apply_layout
+
+FIELDS = ("groups", "include", "exclude", "parent_rule", "gate_reduction", "gate_form",
+          "fit_scales", "fit_steps")
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    """A strided stem, three same-shaped 8->8 convs (one group), a widening conv, two
+    depthwise convs (left dense: an adapter costs more than their kernels) and a head;
+    random BatchNorm statistics."""
+    torch.manual_seed(seed)
+
+    def cbr(cin, cout, **kw):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(cout),
+                nn.ReLU()]
+
+    net = nn.Sequential(*cbr(3, 8, stride=2), *cbr(8, 8), *cbr(8, 8), *cbr(8, 8),
+                        *cbr(8, 16), *cbr(16, 16, groups=16), *cbr(16, 16, groups=16),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+BODY = ["3", "6", "9"]  # the three 8->8 convolutions
+
+
+@pytest.fixture
+def batch():
+    return torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def _states_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k]
+        for k in sa)  # children also keep a small extra_state dict
+
+
+def _values(config: ConvertConfig) -> dict:
+    return {f: getattr(config, f) for f in FIELDS}
+
+
+# ---- the config and its presets ---------------------------------------------------------------
+
+def test_presets_have_the_documented_values():
+    common = {"groups": None, "include": None, "exclude": None, "gate_reduction": "auto",
+              "fit_steps": 10}
+    assert _values(ConvertConfig.pretrained()) == {
+        **common, "parent_rule": "most_similar", "gate_form": "identity", "fit_scales": True}
+    assert _values(ConvertConfig.from_scratch()) == {
+        **common, "parent_rule": "last", "gate_form": "paper", "fit_scales": False}
+    assert _values(ConvertConfig.pretrained_layout()) == {
+        **common, "parent_rule": "last", "gate_form": "identity", "fit_scales": True}
+    assert ConvertConfig() == ConvertConfig.pretrained()  # the defaults are convert's
+    assert [f.name for f in dataclasses.fields(ConvertConfig)] == list(FIELDS)
+
+
+def test_overrides_make_a_checked_copy_and_leave_the_preset_alone():
+    scratch = ConvertConfig.from_scratch()
+    identity = scratch.with_overrides(gate_form="identity", include=["layer3.*"])
+    assert identity.gate_form == "identity" and identity.parent_rule == "last"
+    assert identity.include == ("layer3.*",)  # stored as an immutable tuple
+    assert scratch.gate_form == "paper" and scratch.include is None
+    assert ConvertConfig.from_scratch(fit_steps=3).fit_steps == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scratch.gate_form = "identity"
+    with pytest.raises(ValueError, match="gate_form must be one of"):
+        scratch.with_overrides(gate_form="tanh")
+    groups = {"3": ["6"]}
+    config = ConvertConfig(groups=groups)
+    groups["3"].append("9")  # the config keeps its own copy
+    assert config.groups == {"3": ("6",)}
+
+
+@pytest.mark.parametrize(("settings", "error", "message"), [
+    ({"parent_rule": "biggest"}, ValueError, r"parent_rule must be one of .*'biggest'"),
+    ({"gate_reduction": "big"}, ValueError, r"gate_reduction must be 'auto'.*'big'"),
+    ({"gate_reduction": 0}, ValueError, r"a positive int or None, got 0"),
+    ({"gate_reduction": True}, ValueError, r"a positive int or None, got True"),
+    ({"gate_reduction": 2.5}, ValueError, r"got 2\.5"),
+    ({"gate_form": "sigmoid"}, ValueError, r"gate_form must be one of .*'sigmoid'"),
+    ({"fit_scales": "yes"}, TypeError, r"fit_scales must be True or False, got 'yes'"),
+    ({"fit_scales": 1}, TypeError, r"fit_scales must be True or False, got 1"),
+    ({"fit_steps": 0}, ValueError, r"fit_steps must be a positive integer, got 0"),
+    ({"fit_steps": 2.5}, ValueError, r"fit_steps must be a positive integer, got 2\.5"),
+    ({"include": "layer3.*"}, TypeError, r"include must be a list of glob patterns.*'layer3"),
+    ({"exclude": [3]}, TypeError, r"exclude must hold strings .*\[3\]"),
+    ({"groups": "3,6"}, TypeError, r"groups must be a mapping .*'3,6'"),
+    ({"groups": {"3": "6"}}, TypeError, r"groups\['3'\] must be a list of module names.*'6'"),
+    ({"groups": [["3", "6"], None]}, TypeError, r"groups\[1\] must be a list .*None"),
+    ({"groups": {3: ["6"]}}, TypeError, r"got the keys \[3\]"),
+    ({"groups": [["3", "6"]], "exclude": ["9"]}, ValueError, r"not both .*exclude=\['9'\]"),
+])
+def test_bad_values_raise_naming_the_value(settings, error, message):
+    with pytest.raises(error, match=message):
+        ConvertConfig(**settings)
+    model = _net()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(error, match=message):
+        convert(model, **settings)
+    assert not any(isinstance(m, kdna.KernelChild) for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convert(_net(), fit_step=3),
+    lambda: plan_conversion(_net(), ConvertConfig.from_scratch(), fit_step=3),
+    lambda: ConvertConfig.pretrained(fit_step=3),
+    lambda: ConvertConfig().with_overrides(fit_step=3),
+])
+def test_an_unknown_override_is_a_type_error_listing_the_valid_ones(call):
+    with pytest.raises(TypeError, match=r"unknown conversion setting\(s\) 'fit_step'") as info:
+        call()
+    assert all(name in str(info.value) for name in FIELDS)
+
+
+def test_config_must_be_a_convert_config():
+    with pytest.raises(TypeError, match=r"config must be a kdna.ConvertConfig or None, got dict"):
+        convert(_net(), {"fit_scales": False})
+
+
+# ---- the keywords of the previous release --------------------------------------------------
+
+def test_deprecated_parent_warns_at_the_caller_and_matches_parent_rule():
+    with pytest.warns(DeprecationWarning, match=r"parent=\) is deprecated.*use parent_rule=") as w:
+        old = convert(_net(), include=BODY, parent="last")
+    assert w[0].filename == __file__  # stacklevel points at the user's call
+    new = convert(_net(), include=BODY, parent_rule="last")
+    assert old.layout == new.layout == {"9": ["3", "6"]}
+    assert convert(_net(), include=BODY).layout != old.layout  # the keyword did something
+    with pytest.warns(DeprecationWarning) as w:
+        plan = plan_conversion(_net(), include=BODY, parent="first")
+    assert w[0].filename == __file__ and plan.layout == {"3": ["6", "9"]}
+
+
+def test_deprecated_fit_warns_and_matches_fit_scales(batch):
+    a, b, c = _net(), _net(), _net()
+    torch.manual_seed(1)  # the gates' random initialisation
+    with pytest.warns(DeprecationWarning, match=r"fit=\) is deprecated.*use fit_scales="):
+        old = convert(a, fit=False, example_inputs=batch)
+    torch.manual_seed(1)
+    new = convert(b, fit_scales=False, example_inputs=batch)
+    assert _states_equal(a, b) and old.layout == new.layout
+    assert all(math.isnan(e) for e in old.fit_errors.values())
+    assert old.agreement == new.agreement
+    torch.manual_seed(1)
+    convert(c, example_inputs=batch)  # fitted: a different state, so the keyword mattered
+    assert not _states_equal(a, c)
+
+
+def test_old_and_new_keyword_together_or_a_bad_old_value_raise():
+    with pytest.raises(TypeError, match=r"both fit= and fit_scales="):
+        convert(_net(), fit=False, fit_scales=False)
+    with pytest.raises(ValueError, match=r"parent must be one of .*'biggest'"), \
+            pytest.warns(DeprecationWarning):
+        convert(_net(), parent="biggest")
+
+
+# ---- plan, then apply ---------------------------------------------------------------------------
+
+def test_plan_changes_nothing_and_lists_what_convert_will_do(batch):
+    model = _net().train()  # train mode: a probe in train mode would move BatchNorm statistics
+    state = copy.deepcopy(model.state_dict())
+    structure = [(n, type(m)) for n, m in model.named_modules()]
+    plan = plan_conversion(model, example_inputs=batch)
+    assert isinstance(plan, ConversionPlan) and plan.config == ConvertConfig.pretrained()
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert [(n, type(m)) for n, m in model.named_modules()] == structure
+    assert model.training and not any(m._forward_pre_hooks for m in model.modules())
+    assert sorted([p, *c] for p, c in plan.layout.items()) == [sorted(BODY)]
+    assert [names for names, _ in plan.skipped] == [("15", "18")]
+    assert plan.example_inputs is batch and plan.probe_output.shape == (4, 5)
+    text = str(plan)
+    assert "1 parents, 2 children" in text and "left dense: 15, 18" in text
+
+
+def test_apply_plan_gives_what_convert_gives(batch):
+    planned, converted = _net(), _net()
+    plan = plan_conversion(planned, ConvertConfig.from_scratch(gate_form="identity"),
+                           example_inputs=batch)
+    torch.manual_seed(1)  # the gates' random initialisation
+    report = apply_plan(planned, plan)
+    torch.manual_seed(1)
+    expected = convert(converted, ConvertConfig.from_scratch(), gate_form="identity",
+                       example_inputs=batch)
+    assert report.layout == expected.layout == plan.layout == {"9": ["3", "6"]}
+    assert (report.params_before, report.params_after) == (expected.params_before,
+                                                           expected.params_after)
+    assert report.skipped == expected.skipped and report.agreement == expected.agreement
+    assert report.agreement is not None and report.agreement.samples == 4
+    assert _states_equal(planned, converted)
+    assert all(planned.get_submodule(c).gate.form == "identity" for c in report.children)
+    torch.testing.assert_close(planned(batch), converted(batch))
+
+
+def test_a_plan_applies_to_an_unconverted_copy_but_not_twice_or_elsewhere():
+    model = _net()
+    plan = plan_conversion(model, parent_rule="last")
+    copy_report = apply_plan(copy.deepcopy(model), plan)
+    assert copy_report.layout == {"9": ["3", "6"]} and copy_report.agreement is None
+    assert not any(isinstance(m, kdna.KernelChild) for m in model.modules())
+    apply_plan(model, plan)
+    with pytest.raises(ValueError, match="already converted"):
+        apply_plan(model, plan)
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    with pytest.raises(ValueError, match=r"the plan does not fit this model: '9' is not"):
+        apply_plan(other, plan)
+    assert all(type(m) is nn.Conv2d for m in other)
+    with pytest.raises(TypeError, match="plan must be a ConversionPlan"):
+        apply_plan(_net(), plan.layout)
+
+
+# ---- the presets where kdna uses them ----------------------------------------------------------
+
+@pytest.mark.parametrize(("pretrained", "form"), [(False, "paper"), (True, "identity")])
+def test_apply_layout_picks_the_preset(pretrained, form):
+    model = apply_layout(_net(), {"9": ["3", "6"]}, pretrained=pretrained)
+    children = [model.get_submodule(c) for c in ("3", "6")]
+    assert all(isinstance(c, ChildConv2d) and c.parent is model[9] for c in children)
+    assert {c.gate.form for c in children} == {form}
+    fitted = any(bool(c.filter_scale.abs().sum() > 0) for c in children)
+    assert fitted == pretrained  # scales fitted only from pretrained weights
+    auto = apply_layout(_net(), None, pretrained=pretrained)  # the automatic rule: last parent
+    assert auto[3].parent is auto[9] and auto[6].parent is auto[9]
+
+
+def test_the_speed_comparisons_kdna_variant_uses_converts_default_without_a_fit():
+    from kdna.bench import comparison_models
+
+    model = comparison_models("resnet18", ["kdna"], num_classes=10, image_size=64)["kdna"]
+    children = [m for m in model.modules() if isinstance(m, kdna.KernelChild)]
+    assert children and {c.gate.form for c in children} == {"identity"}
+    assert all(bool(c.filter_scale.abs().sum() == 0) for c in children)  # no fit
+
+
+def test_convert_config_is_public():
+    assert kdna.ConvertConfig is ConvertConfig and "ConvertConfig" in kdna.__all__
+    assert "ConvertConfig" in kdna.convert.__doc__
