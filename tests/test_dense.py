@@ -41,17 +41,17 @@ def _children(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, KernelChild)]
 
 
-@pytest.mark.parametrize("kernel_dna", ["paper", "convert", False])
-def test_fpn_levels_shapes_and_channels(kernel_dna):
+@pytest.mark.parametrize("trunk", ["paper", "converted", "plain"])
+def test_fpn_levels_shapes_and_channels(trunk):
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone("resnet18", kernel_dna=kernel_dna, fpn_channels=32)
+    backbone = resnet_fpn_backbone("resnet18", trunk=trunk, fpn_channels=32)
     assert backbone.out_channels == 32
     features = backbone.eval()(torch.rand(2, 3, 64, 64))
     assert {k: tuple(v.shape) for k, v in features.items()} == {
         "0": (2, 32, 8, 8), "1": (2, 32, 4, 4), "2": (2, 32, 2, 2), "pool": (2, 32, 1, 1)}
     children = _children(backbone)
-    assert bool(children) == (kernel_dna is not False)
-    if kernel_dna == "paper":  # the paper's layout rebuilds layer3 and layer4 only
+    assert bool(children) == (trunk != "plain")
+    if trunk == "paper":  # the paper's layout rebuilds layer3 and layer4 only
         assert all(n.startswith(("body.layer3", "body.layer4")) for n in children)
         assert len(backbone.body.layer3) == len(backbone.body.layer4) == 3
 
@@ -151,7 +151,7 @@ class _TinySegmenter(nn.Module):
 def test_pretrained_backbone_freezes_norms_and_early_stages(monkeypatch):
     # No network in tests: pretend the weights were loaded (the trunk stays random).
     monkeypatch.setattr(kdna.models.layout, "torchvision_weights", lambda arch, weights: None)
-    backbone = resnet_fpn_backbone("resnet18", kernel_dna="convert", weights_backbone="DEFAULT")
+    backbone = resnet_fpn_backbone("resnet18", trunk="converted", weights_backbone="DEFAULT")
     body = backbone.body
     assert not any(type(m) is nn.BatchNorm2d for m in body.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
@@ -169,13 +169,13 @@ def test_offline_weights_fail_fast(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", unreachable)
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match="torchvision weights resnet18/DEFAULT") as info:
-        faster_rcnn(3, kernel_dna="convert", weights_backbone="DEFAULT")
+        faster_rcnn(3, trunk="converted", weights_backbone="DEFAULT")
     assert time.perf_counter() - start < 2.0
     assert "efficientnet_lite0" in str(info.value)  # the offline alternative
     with pytest.raises(ConnectionError, match="IMAGENET1K_V1"):
-        deeplabv3(3, kernel_dna=False, weights_backbone="IMAGENET1K_V1")
+        deeplabv3(3, trunk="plain", weights_backbone="IMAGENET1K_V1")
     with pytest.raises(ValueError, match="convert"):  # the paper layout has no weights
-        mask_rcnn(3, kernel_dna="paper", weights_backbone="DEFAULT")
+        mask_rcnn(3, trunk="paper", weights_backbone="DEFAULT")
 
 
 def test_training_lowers_the_detection_loss(shapes):
@@ -212,7 +212,7 @@ def test_segmenter_output_and_dilated_children(output_stride):
 
 def test_mask_rcnn_trains_and_predicts_masks(shapes):
     torch.manual_seed(0)
-    model = mask_rcnn(shapes.num_classes, kernel_dna="convert", mask_layers=(16,), **SMALL)
+    model = mask_rcnn(shapes.num_classes, trunk="converted", mask_layers=(16,), **SMALL)
     assert _children(model.backbone)
     images, targets = collate([shapes[0], shapes[1]])
     losses = model.train()(images, targets)
@@ -276,7 +276,7 @@ def test_segmentation_metrics(shapes):
 
 @pytest.mark.parametrize(("build", "kwargs", "bad"), [
     (faster_rcnn, {"arch": "resnet34"}, "resnet34"),
-    (faster_rcnn, {"kernel_dna": "yes"}, "yes"),
+    (faster_rcnn, {"trunk": "yes"}, "yes"),
     (faster_rcnn, {"trainable_layers": 6}, "6"),
     (faster_rcnn, {"returned_layers": (0, 5)}, "(0, 5)"),
     (faster_rcnn, {"fpn_channels": 0}, "fpn_channels"),
@@ -298,8 +298,8 @@ def test_bad_num_classes_and_trunk_choices():
         faster_rcnn(1)
     with pytest.raises(ValueError, match="num_classes"):
         deeplabv3(True)
-    assert _children(resnet_trunk(kernel_dna=True)) and not _children(
-        resnet_trunk(kernel_dna=False))
+    assert _children(resnet_trunk(trunk="paper")) and not _children(
+        resnet_trunk(trunk="plain"))
     with pytest.raises(ValueError, match="steps"):
         train_dense(nn.Linear(1, 1), [], 0)
     with pytest.raises(ValueError, match="optimizer"):
@@ -310,8 +310,20 @@ def test_bad_num_classes_and_trunk_choices():
 
 def test_converted_layout_does_not_depend_on_the_weights():
     torch.manual_seed(0)
-    saved = deeplabv3(3, kernel_dna="convert").state_dict()
+    saved = deeplabv3(3, trunk="converted").state_dict()
     torch.manual_seed(1)
-    fresh = deeplabv3(3, kernel_dna="convert")
+    fresh = deeplabv3(3, trunk="converted")
     fresh.load_state_dict(saved)  # same children and parents whatever the random weights
     assert _children(fresh)
+
+
+@pytest.mark.parametrize(("old", "new"), [("paper", "paper"), (True, "paper"),
+                                          ("convert", "converted"), (False, "plain")])
+def test_the_deprecated_kernel_dna_keyword_still_chooses_the_trunk(old, new):
+    with pytest.warns(DeprecationWarning, match=f"use trunk={new!r}"):
+        model = resnet_trunk(kernel_dna=old)
+    assert type(model) is type(resnet_trunk(trunk=new))
+    assert bool(_children(model)) == (new != "plain")
+    assert len(list(model.modules())) == len(list(resnet_trunk(trunk=new).modules()))
+    with pytest.raises(ValueError, match=r"kernel_dna .* got 'yes'"):
+        resnet_trunk(kernel_dna="yes")

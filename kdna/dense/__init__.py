@@ -8,7 +8,7 @@ Needs the ``dense`` extra for the metrics (torchmetrics, pycocotools):
 
 from kdna.dense.backbones import (
     ARCHS,
-    KERNEL_DNA,
+    TRUNKS,
     deeplabv3,
     faster_rcnn,
     mask_rcnn,
@@ -18,6 +18,6 @@ from kdna.dense.backbones import (
 from kdna.dense.norm import FrozenGateNorm, GateNorm
 from kdna.dense.train import evaluate_detection, evaluate_segmentation, train_dense
 
-__all__ = ["ARCHS", "KERNEL_DNA", "FrozenGateNorm", "GateNorm", "deeplabv3", "evaluate_detection",
+__all__ = ["ARCHS", "TRUNKS", "FrozenGateNorm", "GateNorm", "deeplabv3", "evaluate_detection",
            "evaluate_segmentation", "faster_rcnn", "mask_rcnn", "resnet_fpn_backbone",
            "resnet_trunk", "train_dense"]

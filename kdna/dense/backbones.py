@@ -2,16 +2,20 @@
 
 :func:`faster_rcnn`, :func:`mask_rcnn` and :func:`deeplabv3` build torchvision's own models
 (``torchvision.models.detection.FasterRCNN`` / ``MaskRCNN`` with a feature pyramid,
-``torchvision.models.segmentation.DeepLabV3``) around a ResNet trunk chosen by ``kernel_dna``:
+``torchvision.models.segmentation.DeepLabV3``) around a ResNet trunk chosen by ``trunk``:
 
-* ``"paper"`` (or ``True``): the paper's KernelDNA layout (``kdna.create_model(arch)``),
-  deeper than torchvision's ResNet, trained from scratch;
-* ``"convert"``: torchvision's ResNet converted by :func:`kdna.convert`'s automatic rule,
+* ``"paper"``: the paper's KernelDNA layout (``kdna.create_model(arch)``), deeper than
+  torchvision's ResNet, trained from scratch;
+* ``"converted"``: torchvision's ResNet converted by :func:`kdna.convert`'s automatic rule,
   the last layer of each group as the parent (so the layout never depends on the weights and
   a saved state_dict fits a fresh model). With ``weights_backbone`` (torchvision's ImageNet
   weights) the gates start at exactly 1 and the scales are fitted; from scratch the gates
   are the paper's sigmoid and each child starts as a copy of its parent;
-* ``False``: torchvision's plain ResNet, the baseline.
+* ``"plain"``: torchvision's plain ResNet, the baseline.
+
+(``kernel_dna="paper" | "convert" | True | False``, the previous release's keyword, still works
+with a ``DeprecationWarning``: ``kernel_dna`` is a yes/no switch in :func:`kdna.create_model`,
+so the three-way choice here has its own name.)
 
 The trunk is wired here rather than by torchvision's ``resnet_fpn_backbone``, which builds
 its own ResNet: :func:`resnet_fpn_backbone` reads the stages' widths from the block type, so
@@ -37,6 +41,7 @@ representation_size=1024, mask_layers=(256, 256, 256, 256)`` and its samplers' d
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
@@ -51,32 +56,34 @@ from torchvision.models.segmentation import DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from kdna._checks import one_of
 from kdna.dense.norm import FrozenGateNorm, GateNorm
 from kdna.models import create_model
 from kdna.models.layout import apply_layout
 from kdna.nn.conv import ChildConv2d
 from kdna.nn.gate import ChannelGate
 
-__all__ = ["ARCHS", "KERNEL_DNA", "FrozenGateNorm", "GateNorm", "deeplabv3", "faster_rcnn",
+__all__ = ["ARCHS", "TRUNKS", "FrozenGateNorm", "GateNorm", "deeplabv3", "faster_rcnn",
            "mask_rcnn", "resnet_fpn_backbone", "resnet_trunk"]
 
 ARCHS = ("resnet18", "resnet50")
-KERNEL_DNA = ("paper", "convert", False)
-KernelDNA = Literal["paper", "convert", False] | bool
+TRUNKS = ("paper", "converted", "plain")
+Trunk = Literal["paper", "converted", "plain"]
+_KERNEL_DNA = {"paper": "paper", "convert": "converted", True: "paper", False: "plain"}
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's trainable order
 
 
-def _check_choices(arch: str, kernel_dna: object) -> str:
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if kernel_dna is True:
-        return "paper"
-    if kernel_dna is False:
-        return "plain"
-    if kernel_dna not in ("paper", "convert"):
-        raise ValueError(f"kernel_dna must be one of {KERNEL_DNA} (True means 'paper'), "
-                         f"got {kernel_dna!r}")
-    return kernel_dna
+def _trunk_kind(arch: str, trunk: str, kernel_dna: object, caller: str) -> str:
+    """The checked trunk kind; ``kernel_dna`` (deprecated) translated with a warning."""
+    one_of("arch", arch, ARCHS)
+    if kernel_dna is not None:
+        if not (isinstance(kernel_dna, bool) or kernel_dna in ("paper", "convert")):
+            raise ValueError(f"kernel_dna (deprecated: use trunk=) must be 'paper', 'convert', "
+                             f"True or False, got {kernel_dna!r}")
+        trunk = _KERNEL_DNA[kernel_dna]
+        warnings.warn(f"{caller}(kernel_dna=...) is deprecated and will be removed in kdna 0.2; "
+                      f"use trunk={trunk!r}", DeprecationWarning, stacklevel=3)
+    return one_of("trunk", trunk, TRUNKS)
 
 
 def _freeze_norms(module: nn.Module, frozen_2d: bool) -> None:
@@ -96,8 +103,8 @@ def _freeze_norms(module: nn.Module, frozen_2d: bool) -> None:
             _freeze_norms(child, frozen_2d)
 
 
-def resnet_trunk(arch: str = "resnet18", *, kernel_dna: KernelDNA = "paper",
-                 weights_backbone: str | None = None) -> nn.Module:
+def resnet_trunk(arch: str = "resnet18", *, trunk: Trunk = "paper",
+                 weights_backbone: str | None = None, kernel_dna: object = None) -> nn.Module:
     """The ResNet classifier whose stages become a backbone (its ``fc`` is never run).
 
     From scratch, each residual block's last BatchNorm starts at zero (every block starts
@@ -106,13 +113,13 @@ def resnet_trunk(arch: str = "resnet18", *, kernel_dna: KernelDNA = "paper",
     weights (downloaded when online; offline a ``ConnectionError`` at once) before any
     conversion; the paper layout has no pretrained weights (a ``ValueError`` says so).
     """
-    kind = _check_choices(arch, kernel_dna)
-    trunk = create_model(arch, kernel_dna=kind == "paper", weights=weights_backbone)
-    if kind == "convert":
-        apply_layout(trunk, None, pretrained=weights_backbone is not None)
+    kind = _trunk_kind(arch, trunk, kernel_dna, "resnet_trunk")
+    model = create_model(arch, kernel_dna=kind == "paper", weights=weights_backbone)
+    if kind == "converted":
+        apply_layout(model, None, pretrained=weights_backbone is not None)
     if weights_backbone is None:
-        _zero_init_residual(trunk)
-    return trunk
+        _zero_init_residual(model)
+    return model
 
 
 def _zero_init_residual(trunk: nn.Module) -> None:
@@ -124,17 +131,16 @@ def _zero_init_residual(trunk: nn.Module) -> None:
             nn.init.zeros_(block.bn3.weight if hasattr(block, "bn3") else block.bn2.weight)
 
 
-def _prepare(arch: str, kernel_dna: KernelDNA, weights_backbone: str | None,
+def _prepare(arch: str, trunk: Trunk, weights_backbone: str | None,
              trainable_layers: int | None) -> nn.Module:
     """Build the trunk, set its norms and freeze all but the last ``trainable_layers``."""
-    _check_choices(arch, kernel_dna)
     if trainable_layers is None:
         trainable_layers = 3 if weights_backbone is not None else 5
     if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) or not (
             0 <= trainable_layers <= 5):
         raise ValueError(f"trainable_layers must be an integer from 0 to 5, got "
                          f"{trainable_layers!r}")
-    trunk = resnet_trunk(arch, kernel_dna=kernel_dna, weights_backbone=weights_backbone)
+    trunk = resnet_trunk(arch, trunk=trunk, weights_backbone=weights_backbone)
     _freeze_norms(trunk, frozen_2d=weights_backbone is not None)
     train = _STAGES[:trainable_layers] + (("bn1",) if trainable_layers == 5 else ())
     for name, parameter in trunk.named_parameters():
@@ -155,10 +161,10 @@ def _layers(returned_layers: Sequence[int]) -> list[int]:
     return layers
 
 
-def resnet_fpn_backbone(arch: str = "resnet18", *, kernel_dna: KernelDNA = "paper",
+def resnet_fpn_backbone(arch: str = "resnet18", *, trunk: Trunk = "paper",
                         weights_backbone: str | None = None, trainable_layers: int | None = None,
                         returned_layers: Sequence[int] = (2, 3, 4),
-                        fpn_channels: int = 128) -> BackboneWithFPN:
+                        fpn_channels: int = 128, kernel_dna: object = None) -> BackboneWithFPN:
     """A ResNet trunk (see :func:`resnet_trunk`) with a feature pyramid on ``returned_layers``.
 
     The result maps an image batch to an ``OrderedDict`` of ``fpn_channels``-channel maps
@@ -171,10 +177,11 @@ def resnet_fpn_backbone(arch: str = "resnet18", *, kernel_dna: KernelDNA = "pape
     """
     if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
         raise ValueError(f"fpn_channels must be a positive integer, got {fpn_channels!r}")
+    kind = _trunk_kind(arch, trunk, kernel_dna, "resnet_fpn_backbone")
     layers = _layers(returned_layers)
-    trunk = _prepare(arch, kernel_dna, weights_backbone, trainable_layers)
-    return BackboneWithFPN(trunk, {f"layer{k}": str(i) for i, k in enumerate(layers)},
-                           [_stage_channels(trunk, k) for k in layers], fpn_channels)
+    model = _prepare(arch, kind, weights_backbone, trainable_layers)
+    return BackboneWithFPN(model, {f"layer{k}": str(i) for i, k in enumerate(layers)},
+                           [_stage_channels(model, k) for k in layers], fpn_channels)
 
 
 def _anchors(returned_layers: Sequence[int], anchor_sizes: Sequence[int] | None
@@ -209,11 +216,12 @@ def _detector_args(num_classes: int, backbone: BackboneWithFPN, returned_layers,
             "rpn_anchor_generator": _anchors(returned_layers, anchor_sizes), **kwargs}
 
 
-def faster_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA = "paper",
+def faster_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
                 weights_backbone: str | None = None, trainable_layers: int | None = None,
                 returned_layers: Sequence[int] = (2, 3, 4), fpn_channels: int = 128,
                 anchor_sizes: Sequence[int] | None = None, representation_size: int = 256,
-                min_size: int = 320, max_size: int = 512, **kwargs) -> FasterRCNN:
+                min_size: int = 320, max_size: int = 512, kernel_dna: object = None,
+                **kwargs) -> FasterRCNN:
     """torchvision's Faster R-CNN with a (KernelDNA) ResNet-FPN backbone.
 
     The pyramid and heads always start from random initialisation (no pretrained detection
@@ -223,9 +231,9 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelD
     Args:
         num_classes: classes including the background (label 0).
         arch: ``"resnet18"`` or ``"resnet50"``.
-        kernel_dna: ``"paper"``, ``"convert"`` or ``False`` (see :mod:`kdna.dense`).
+        trunk: ``"paper"``, ``"converted"`` or ``"plain"`` (see :mod:`kdna.dense.backbones`).
         weights_backbone: torchvision ImageNet weights for the trunk (``"DEFAULT"``,
-            ``"IMAGENET1K_V1"``), with ``"convert"`` or ``False`` only.
+            ``"IMAGENET1K_V1"``), with ``"converted"`` or ``"plain"`` only.
         trainable_layers: stages that train, from the top (see :func:`resnet_fpn_backbone`).
         returned_layers, fpn_channels: the pyramid's stages and width.
         anchor_sizes: one anchor side per pyramid level (returned layers, then the pooled
@@ -235,7 +243,8 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelD
             side at most ``max_size``); use the images' own size to keep them as they are.
         **kwargs: passed on to ``torchvision.models.detection.FasterRCNN``.
     """
-    backbone = resnet_fpn_backbone(arch, kernel_dna=kernel_dna, weights_backbone=weights_backbone,
+    kind = _trunk_kind(arch, trunk, kernel_dna, "faster_rcnn")
+    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
     args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,
@@ -243,12 +252,12 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelD
     return FasterRCNN(backbone, **args)
 
 
-def mask_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA = "paper",
+def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
               weights_backbone: str | None = None, trainable_layers: int | None = None,
               returned_layers: Sequence[int] = (2, 3, 4), fpn_channels: int = 128,
               anchor_sizes: Sequence[int] | None = None, representation_size: int = 256,
               mask_layers: Sequence[int] = (128, 128), min_size: int = 320,
-              max_size: int = 512, **kwargs) -> MaskRCNN:
+              max_size: int = 512, kernel_dna: object = None, **kwargs) -> MaskRCNN:
     """torchvision's Mask R-CNN with a (KernelDNA) ResNet-FPN backbone (heads from scratch).
 
     Arguments as :func:`faster_rcnn`, and ``mask_layers``: the widths of the mask head's
@@ -258,7 +267,8 @@ def mask_rcnn(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA
             or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in mask_layers)):
         raise ValueError(f"mask_layers must be a non-empty sequence of positive integers, got "
                          f"{mask_layers!r}")
-    backbone = resnet_fpn_backbone(arch, kernel_dna=kernel_dna, weights_backbone=weights_backbone,
+    kind = _trunk_kind(arch, trunk, kernel_dna, "mask_rcnn")
+    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
     args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,
@@ -299,9 +309,10 @@ class _UpToLayer4(nn.ModuleDict):
         return {"out": x}
 
 
-def deeplabv3(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA = "paper",
+def deeplabv3(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
               weights_backbone: str | None = None, trainable_layers: int | None = None,
-              output_stride: int = 16, atrous_rates: Sequence[int] = (3, 6, 9)) -> DeepLabV3:
+              output_stride: int = 16, atrous_rates: Sequence[int] = (3, 6, 9),
+              kernel_dna: object = None) -> DeepLabV3:
     """torchvision's DeepLabV3 (ASPP head, no auxiliary head) on a (KernelDNA) ResNet.
 
     ``model(images)["out"]`` holds ``[B, num_classes, H, W]`` logits at the input size.
@@ -310,7 +321,7 @@ def deeplabv3(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA
 
     Args:
         num_classes: classes including the background.
-        arch, kernel_dna, weights_backbone, trainable_layers: as in :func:`faster_rcnn`.
+        arch, trunk, weights_backbone, trainable_layers: as in :func:`faster_rcnn`.
         output_stride: 32 (no dilation), 16 (``layer4`` dilated) or 8 (``layer3`` and
             ``layer4``), torchvision's ``replace_stride_with_dilation``; finer is slower.
         atrous_rates: the ASPP's three dilation rates (torchvision: 12, 24, 36 for large
@@ -325,11 +336,12 @@ def deeplabv3(num_classes: int, *, arch: str = "resnet18", kernel_dna: KernelDNA
             or any(isinstance(r, bool) or not isinstance(r, int) or r < 1
                    for r in atrous_rates)):
         raise ValueError(f"atrous_rates must be three positive integers, got {atrous_rates!r}")
-    trunk = _prepare(arch, kernel_dna, weights_backbone, trainable_layers)
+    kind = _trunk_kind(arch, trunk, kernel_dna, "deeplabv3")
+    model = _prepare(arch, kind, weights_backbone, trainable_layers)
     if output_stride <= 16:
-        _dilate(trunk.layer4, 2 if output_stride == 16 else 4)
+        _dilate(model.layer4, 2 if output_stride == 16 else 4)
     if output_stride == 8:
-        _dilate(trunk.layer3, 2)
-    backbone = _UpToLayer4(trunk)
-    head = DeepLabHead(_stage_channels(trunk, 4), num_classes, atrous_rates)
+        _dilate(model.layer3, 2)
+    backbone = _UpToLayer4(model)
+    head = DeepLabHead(_stage_channels(model, 4), num_classes, atrous_rates)
     return DeepLabV3(backbone, head, None)
