@@ -9,7 +9,15 @@ down this list: :mod:`kdna.conversion` (bringing KernelDNA to a network), :mod:`
 :mod:`kdna.deploy`, :mod:`kdna.bench`, :mod:`kdna.dense` and :mod:`kdna.cli`.
 """
 
-from kdna.conversion import ConversionReport, ConvertConfig, TrainableCount, adapter_only, convert
+from kdna.conversion import (
+    ConversionReport,
+    ConvertConfig,
+    TrainableCount,
+    adapter_only,
+    convert,
+    load_adapters,
+    save_adapters,
+)
 from kdna.models import create_model, list_models
 from kdna.nn import (
     ChannelGate,
@@ -44,5 +52,7 @@ __all__ = [
     "create_model",
     "fold",
     "list_models",
+    "load_adapters",
+    "save_adapters",
     "unfold",
 ]

@@ -11,8 +11,9 @@ import numbers
 from collections.abc import Collection
 from typing import TypeVar
 
-__all__ = ["check_groups", "check_padding", "int_at_least", "non_negative_float", "one_of",
-           "pair", "positive_float", "positive_int"]
+__all__ = ["check_groups", "check_padding", "instance_arg", "int_at_least", "module_arg",
+           "non_negative_float", "one_of", "optional_positive_int", "pair", "path_arg",
+           "positive_float", "positive_int", "tensor_arg"]
 
 T = TypeVar("T")
 
@@ -43,6 +44,50 @@ def non_negative_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise ValueError(f"{name} must be a number of at least 0, got {value!r}")
     return float(value)
+
+
+def optional_positive_int(name: str, value: object) -> int | None:
+    """``value`` if it is ``None`` or an integer of at least 1."""
+    return None if value is None else positive_int(name, value)
+
+
+def _kind(value: object) -> str:
+    """How an error message names what was given: ``a str ('resnet18')``."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"a {type(value).__name__} ({shown})"
+
+
+def instance_arg(name: str, value: T, kinds: type | tuple[type, ...], expected: str) -> T:
+    """``value`` if it is an instance of ``kinds``; otherwise a ``TypeError`` that names the
+    argument, what was given and ``expected`` (words: "a torch.nn.Module")."""
+    if not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {expected}, got {_kind(value)}")
+    return value
+
+
+def module_arg(name: str, value: T) -> T:
+    """``value`` if it is a ``torch.nn.Module`` (a string is a name, not a model)."""
+    from torch import nn  # torch is always there; imported here to keep this module plain
+
+    if isinstance(value, str) and not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got the string {value!r} (build "
+                        f"the model first, e.g. kdna.create_model({value!r}))")
+    return instance_arg(name, value, nn.Module, "a torch.nn.Module")
+
+
+def tensor_arg(name: str, value: T) -> T:
+    """``value`` if it is a ``torch.Tensor`` (a list or an array is not)."""
+    import torch
+
+    return instance_arg(name, value, torch.Tensor, "a torch.Tensor (torch.as_tensor makes one)")
+
+
+def path_arg(name: str, value: T) -> T:
+    """``value`` if it is a path: a ``str`` or an ``os.PathLike``."""
+    import os
+
+    return instance_arg(name, value, (str, os.PathLike), "a path (str or pathlib.Path)")
 
 
 def one_of(name: str, value: T, choices: Collection[T]) -> T:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from kdna._checks import non_negative_float, positive_int
+from kdna._checks import module_arg, non_negative_float, path_arg, positive_int
 from kdna._extras import require
 from kdna.nn.conv import KernelChild
 from kdna.nn.fold import fold, following_norms
@@ -39,6 +39,7 @@ def deploy(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     fused plain convolutions do not come apart again (their BatchNorms are gone), which is
     why the default works on a copy.
     """
+    module_arg("model", model)
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     if any(isinstance(m, KernelChild) for m in model.modules()):
@@ -137,6 +138,8 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | Non
     behind. Raises ``RuntimeError`` when the check finds a difference above ``tolerance``.
     The old keyword ``example=`` still works until kdna 0.2, with a ``DeprecationWarning``.
     """
+    module_arg("model", model)
+    path_arg("path", path)
     example_inputs = _example_inputs("export_onnx", example_inputs, deprecated)
     for module in ("onnx", "onnxscript", *(("onnxruntime",) if check else ())):
         require(module, "export", "export_onnx")  # torch's exporter, then the check

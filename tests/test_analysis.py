@@ -15,6 +15,7 @@ from kdna.analysis import (
     Routing,
     capture_routing,
     child_distance,
+    cka,
     cka_matrix,
     kernel_similarity,
     layer_activations,
@@ -57,22 +58,26 @@ class Broken(nn.Module):
 
 # -- CKA -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("debiased", [True, False])
 @pytest.mark.parametrize(("n", "p"), [(60, 12), (10, 40)])  # feature form, then Gram form
-def test_cka_is_one_for_identical_and_invariant_to_rotation_and_scale(n, p):
+def test_cka_is_one_for_identical_and_invariant_to_rotation_and_scale(n, p, debiased):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, p, generator=gen, dtype=torch.float64)
-    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, x, debiased=debiased) == pytest.approx(1.0, abs=1e-12)
     y = torch.randn(n, p, generator=gen, dtype=torch.float64) + 0.5 * x
-    base = linear_cka(x, y)
-    assert base == pytest.approx(_reference_cka(x, y), abs=1e-10)
-    assert linear_cka(x, 7.5 * (y @ _orthogonal(p, gen))) == pytest.approx(base, abs=1e-10)
-    assert linear_cka(-0.01 * x + 3.0, y) == pytest.approx(base, abs=1e-10)  # shift is centred
+    base = linear_cka(x, y, debiased=debiased)
+    if not debiased:
+        assert base == pytest.approx(_reference_cka(x, y), abs=1e-10)
+    rotated = 7.5 * (y @ _orthogonal(p, gen))
+    assert linear_cka(x, rotated, debiased=debiased) == pytest.approx(base, abs=1e-10)
+    shifted = -0.01 * x + 3.0  # a shift is centred away
+    assert linear_cka(shifted, y, debiased=debiased) == pytest.approx(base, abs=1e-10)
 
 
 def test_cka_flattens_samples_and_is_near_zero_for_independent_activations():
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(4000, 2, 2, generator=gen), torch.randn(4000, 3, generator=gen)
-    assert 0 <= linear_cka(x, y) < 0.01
+    assert abs(linear_cka(x, y)) < 0.01 and 0 <= linear_cka(x, y, debiased=False) < 0.01
     assert linear_cka(x, x.reshape(4000, 4).float()) == pytest.approx(1.0, abs=1e-9)
 
 
@@ -92,7 +97,7 @@ def test_cka_matrix_compares_every_default_layer_in_model_order(device):
     images = torch.randn(16, 3, 12, 12, device=device)
     sim = cka_matrix(net, images)
     assert sim.names == ["stem", "block1.0", "conv2", "conv3"]
-    assert sim.kind == "linear CKA" and sim.matrix.dtype == torch.float32
+    assert sim.kind == "debiased linear CKA" and sim.matrix.dtype == torch.float32
     torch.testing.assert_close(sim.matrix, sim.matrix.T)
     torch.testing.assert_close(sim.matrix.diagonal(), torch.ones(4))
     acts = layer_activations(net, images, ["stem", "conv3"])
@@ -112,16 +117,16 @@ def test_cka_matrix_pools_large_activations_to_bounded_features():
     wide = similarity._pooled(conv, torch.randn(2, 5000, 3, 3))  # wider than the limit
     assert wide.shape == (2, 5000)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-    sim = cka_matrix(net, torch.randn(6, 3, 32, 32))  # 8192 features per sample
+    sim = cka_matrix(net, torch.randn(6, 3, 32, 32), debiased=False)  # 8192 features each
     assert sim.names == ["0", "2"] and 0 < sim.matrix[0, 1] <= 1
 
 
 def test_cka_matrix_rejects_bad_inputs():
     net = TinyNet()
-    with pytest.raises(ValueError, match="at least 2 inputs"):
-        cka_matrix(net, torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="at least 4 inputs"):
+        cka_matrix(net, torch.randn(3, 3, 8, 8))
     with pytest.raises(TypeError, match="one batch as a Tensor"):
-        cka_matrix(net, [torch.randn(2, 3, 8, 8)])
+        cka_matrix(net, [[1.0, 2.0]])  # batches are Tensors (or a loader's (x, y))
     with pytest.raises(ValueError, match=r"no nn\.Conv2d"):
         cka_matrix(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(3, 4))
 
@@ -291,12 +296,16 @@ def test_capture_routing_sees_childlinear_gates_of_a_converted_model():
     assert sim.matrix.shape == (3, 3) and not sim.matrix.isnan().any()
 
 
-def test_cka_matrix_gives_the_same_values_without_gram_matrices(monkeypatch):
+def test_cka_matrix_averages_hsic_over_minibatches_and_takes_batches():
     torch.manual_seed(0)
     net, x = randomize(TinyNet()), torch.randn(8, 3, 12, 12)
-    gram = cka_matrix(net, x).matrix
-    monkeypatch.setattr(similarity, "_GRAM_SAMPLES", 4)  # a batch larger than this: pairwise
-    torch.testing.assert_close(cka_matrix(net, x).matrix, gram)
+    acts = layer_activations(net, x, ["stem", "conv3"])
+    halves = [cka.hsic_matrix([acts["stem"][s], acts["conv3"][s]])
+              for s in (slice(0, 4), slice(4, 8))]
+    expected = cka.cka_from_hsic((halves[0] + halves[1]) / 2)[0, 1]
+    split = cka_matrix(net, x, batch_size=4)
+    assert split.matrix[0, 3].item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(cka_matrix(net, [x[:4], (x[4:], None)]).matrix, split.matrix)
 
 
 def test_capture_routing_removes_hooks_when_the_forward_raises():

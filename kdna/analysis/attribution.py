@@ -3,9 +3,12 @@
 Both functions return one map per image, ``[B, H, W]``: the absolute attribution of every
 input pixel, summed over its colour channels. Two methods share one signature, as in captum:
 
-* ``"integrated_gradients"``: gradients averaged along the straight path from a black (all
-  zero) image to the input, times the input; ``steps`` points on the path, so the cost is
-  about ``steps`` forward and backward passes;
+* ``"integrated_gradients"``: gradients averaged along the straight path from a baseline to
+  the input, times (input - baseline); ``steps`` points on the path, so the cost is about
+  ``steps`` forward and backward passes. The baseline is ``"zeros"``, the all-zero input
+  *tensor*: in normalised space that is the normalisation's mean colour (mid-grey for
+  EfficientNet-Lite0's ``MEAN = STD = 0.5``, not black), or ``"blur"``, a Gaussian-blurred
+  copy of the input (its colours kept, its detail removed);
 * ``"saliency"``: the absolute gradient at the input alone; one pass, noisier.
 
 :func:`attribute_prediction` explains a class score. :func:`attribute_gate` explains a child's
@@ -21,19 +24,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from kdna._checks import one_of, positive_int
+from kdna._checks import module_arg, one_of, positive_int, tensor_arg
 from kdna._extras import require
 from kdna.nn.gate import ChannelGate
 from kdna.nn.utils import children_of, device_of, eval_mode
 
-__all__ = ["METHODS", "attribute_gate", "attribute_prediction", "gated_children"]
+__all__ = ["BASELINES", "METHODS", "attribute_gate", "attribute_prediction", "gated_children"]
 
 METHODS = ("integrated_gradients", "saliency")
+BASELINES = ("zeros", "blur")
 
 
 def gated_children(model: nn.Module) -> list[str]:
     """Names (as ``named_modules`` gives them) of the KernelDNA children with an input gate;
     empty when there is none."""
+    module_arg("model", model)
     try:
         return list(children_of(model, gated=True))
     except ValueError:  # no gated child: the callers list the names, so none is an answer
@@ -41,7 +46,8 @@ def gated_children(model: nn.Module) -> list[str]:
 
 
 def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor | None = None,
-                         *, method: str = "integrated_gradients", steps: int = 16) -> Tensor:
+                         *, method: str = "integrated_gradients", steps: int = 16,
+                         baseline: str = "zeros") -> Tensor:
     """``[B, H, W]`` attribution of a class score to the input pixels.
 
     Args:
@@ -52,10 +58,13 @@ def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor 
             or ``None`` for each image's predicted class.
         method: one of :data:`METHODS`.
         steps: points on the integrated-gradients path (ignored by ``"saliency"``).
+        baseline: where that path starts, one of :data:`BASELINES` (see the module's text).
 
     Returns:
         the absolute attributions summed over colour channels, on the model's device.
     """
+    module_arg("model", model)
+    tensor_arg("inputs", inputs)
     _check_method(method, steps)
     inputs = _images(model, inputs)
     with eval_mode(model):
@@ -65,11 +74,12 @@ def attribute_prediction(model: nn.Module, inputs: Tensor, target: int | Tensor 
             raise ValueError(f"attribute_prediction needs a model whose output is [batch, "
                              f"classes], got shape {list(logits.shape)}")
         target = _target(target, logits)
-        return _attribute(model, inputs, target, method, steps)
+        return _attribute(model, inputs, target, method, steps, baseline)
 
 
 def attribute_gate(model: nn.Module, inputs: Tensor, child: str, channel: int | None = None, *,
-                   method: str = "integrated_gradients", steps: int = 16) -> Tensor:
+                   method: str = "integrated_gradients", steps: int = 16,
+                   baseline: str = "zeros") -> Tensor:
     """``[B, H, W]`` attribution of a child's input gate to the input pixels.
 
     The explained score is the gate value of input ``channel`` of ``child`` or, when
@@ -87,8 +97,10 @@ def attribute_gate(model: nn.Module, inputs: Tensor, child: str, channel: int | 
         inputs: ``[B, C, H, W]`` images, moved to the model's device.
         child: the child's name in ``model.named_modules()`` (see :func:`gated_children`).
         channel: an input channel of the child, or ``None`` for the mean over channels.
-        method, steps: as for :func:`attribute_prediction`.
+        method, steps, baseline: as for :func:`attribute_prediction`.
     """
+    module_arg("model", model)
+    tensor_arg("inputs", inputs)
     _check_method(method, steps)
     gate = _gate_of(model, child)
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)
@@ -97,7 +109,8 @@ def attribute_gate(model: nn.Module, inputs: Tensor, child: str, channel: int | 
                          f"{child!r}, got {channel!r}")
     inputs = _images(model, inputs)
     with eval_mode(model):
-        return _attribute(_gate_score(model, gate, child, channel), inputs, None, method, steps)
+        return _attribute(_gate_score(model, gate, child, channel), inputs, None, method, steps,
+                          baseline)
 
 
 class _GateReached(Exception):
@@ -129,14 +142,24 @@ def _gate_score(model: nn.Module, gate: ChannelGate, child: str,
 
 
 def _attribute(forward: Callable[[Tensor], Tensor], inputs: Tensor, target: Tensor | None,
-               method: str, steps: int) -> Tensor:
+               method: str, steps: int, baseline: str = "zeros") -> Tensor:
     attr = require("captum.attr", "analysis", "kdna.analysis.attribution")
+    one_of("baseline", baseline, BASELINES)
     if method == "saliency":
         attributions = attr.Saliency(forward).attribute(inputs, target=target, abs=True)
     else:
         attributions = attr.IntegratedGradients(forward).attribute(
-            inputs, baselines=torch.zeros_like(inputs), target=target, n_steps=steps)
+            inputs, baselines=_baseline(inputs, baseline), target=target, n_steps=steps)
     return attributions.detach().abs().sum(dim=1)
+
+
+def _baseline(inputs: Tensor, baseline: str) -> Tensor:
+    if baseline == "zeros":
+        return torch.zeros_like(inputs)
+    blur = require("torchvision.transforms.functional", None, "baseline='blur'").gaussian_blur
+    sigma = max(inputs.shape[-2:]) / 10
+    size = min(2 * round(3 * sigma) + 1, 2 * ((min(inputs.shape[-2:]) - 1) // 2) + 1)
+    return blur(inputs.detach(), [size, size], [sigma, sigma])
 
 
 def _check_method(method: str, steps: int) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdna._checks import positive_int
+from kdna._checks import module_arg, positive_int
 from kdna.analysis.hooks import detached_output, hooked, resolve_layers
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import children_of
@@ -68,6 +68,7 @@ def capture_routing(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
     ``keep_logits=False`` or the model does not return a Tensor. A child that runs more than
     once per forward pass gives a row for every call.
     """
+    module_arg("model", model)
     if layers is None:
         children = children_of(model, verb="capture the routing of", gated=True)
     else:
@@ -140,6 +141,7 @@ def routing_statistics(routing: Routing, labels: Tensor | Sequence[int]) -> Rout
 def child_distance(model: nn.Module) -> dict[str, float]:
     """How far static fine-tuning moved each child from its parent, in model order:
     ``||child.static_weight() - parent.weight|| / ||parent.weight||`` (0 for a new child)."""
+    module_arg("model", model)
     children = children_of(model, verb="measure")
     distances = {}
     with torch.no_grad():

@@ -2,31 +2,34 @@
 
 KernelDNA rests on the observation, checkable here on any network, that same-shaped layers
 are redundant: similar kernels (:func:`kernel_similarity`), similar representations (linear
-CKA, :func:`cka_matrix`). Plain torch; figures live in :mod:`kdna.viz`. Functions that run
-the model do so in eval mode without gradients, through forward hooks that are always removed
-(also when the forward pass raises), and restore every module's train/eval mode.
+CKA, :func:`cka_matrix`; debiased by default, see :mod:`kdna.analysis.cka`). Each measure
+has its null in :mod:`kdna.analysis.nulls`. Plain torch; figures live in :mod:`kdna.viz`.
+Functions that run the model do so in eval mode without gradients, through forward hooks that
+are always removed (also when the forward pass raises), and restore every module's train/eval
+mode.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdna._checks import int_at_least, module_arg
 from kdna._extras import require
+from kdna.analysis.cka import MIN_SAMPLES, CKAAccumulator, hsic
 from kdna.analysis.hooks import detached_output, hooked, resolve_layers
 from kdna.nn.conv import ChildConv2d, KernelChild
 from kdna.nn.linear import ChildLinear
 
-__all__ = ["MAX_FEATURES", "Similarity", "cka_matrix", "kernel_similarity", "layer_activations",
-           "linear_cka"]
+__all__ = ["MAX_FEATURES", "Similarity", "cka_matrices", "cka_matrix", "kernel_cosine_matrix",
+           "kernel_similarity", "layer_activations", "linear_cka"]
 
 MAX_FEATURES = 4096  # cka_matrix pools each layer's activations down to this many per sample
-_GRAM_SAMPLES = 512  # up to this batch size cka_matrix keeps one n x n Gram matrix per layer
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Similarity:
 
     names: list[str]  # layer (module) names, in model order
     matrix: Tensor  # [n, n] float32 on the CPU, NaN where a pair is not comparable
-    kind: str  # "kernel cosine", "kernel cosine (aligned)" or "linear CKA"
+    kind: str  # "kernel cosine", "kernel cosine (aligned)", "linear CKA", "debiased linear CKA"
 
 
 # -- finding layers ------------------------------------------------------------------------
@@ -67,6 +70,7 @@ def layer_activations(model: nn.Module, inputs: Tensor, layers: Sequence[str]
                       ) -> dict[str, Tensor]:
     """The outputs (on the CPU) of the named modules for one batch, moved to the model's device
     and run once; a module that runs more than once per forward pass gives its first output."""
+    module_arg("model", model)
     return _capture(model, inputs, resolve_layers(model, layers, None), lambda _m, out: out.cpu())
 
 
@@ -116,12 +120,21 @@ def kernel_similarity(model: nn.Module, *, layers: Sequence[str] | None = None,
     matched filters) and flipped in sign where that cosine is negative. Input channels are not
     permuted: they follow whatever each layer reads.
     """
+    module_arg("model", model)
     resolved = resolve_layers(model, layers, lambda m: isinstance(m, nn.Conv2d | ChildConv2d)
                         and m.groups == 1 and m.out_channels > 1)
     if not resolved:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d with groups=1 and more than "
                          "one output filter; name the layers to compare")
-    kernels = [_kernel(n, m).to(torch.float64) for n, m in resolved.items()]
+    matrix = kernel_cosine_matrix([_kernel(n, m) for n, m in resolved.items()], align=align)
+    kind = "kernel cosine (aligned)" if align else "kernel cosine"
+    return Similarity(list(resolved), matrix.float(), kind)
+
+
+def kernel_cosine_matrix(kernels: Sequence[Tensor], *, align: bool = False) -> Tensor:
+    """``[L, L]`` float64 cosine between every pair of same-shaped ``kernels`` (NaN across
+    shapes and for all-zero kernels), the filters aligned as in :func:`kernel_similarity`."""
+    kernels = [k.detach().to(torch.float64) for k in kernels]
     count = len(kernels)
     matrix = torch.full((count, count), math.nan, dtype=torch.float64)
     for i, a in enumerate(kernels):
@@ -130,8 +143,7 @@ def kernel_similarity(model: nn.Module, *, layers: Sequence[str] | None = None,
             b = kernels[j]
             if a.shape == b.shape:
                 matrix[i, j] = matrix[j, i] = _cosine(a, _align_filters(a, b) if align else b)
-    kind = "kernel cosine (aligned)" if align else "kernel cosine"
-    return Similarity(list(resolved), matrix.float(), kind)
+    return matrix
 
 
 # -- centred kernel alignment --------------------------------------------------------------
@@ -145,42 +157,33 @@ def _samples(t: object, label: str) -> Tensor:
     return t.detach().reshape(t.shape[0], -1).to(torch.float64)
 
 
-def _centred(x: Tensor) -> Tensor:
-    x = x - x.mean(dim=0)
-    norm = torch.linalg.vector_norm(x)  # CKA ignores scale; unit norm keeps the sums tame
-    return x / norm if norm > 0 else x
-
-
-def _cka_centred(x: Tensor, y: Tensor) -> float:
-    n, p, q = x.shape[0], x.shape[1], y.shape[1]
-    if p * q + p * p + q * q <= n * (p + q + 1):  # feature-space form is cheaper
-        cross = (y.T @ x).square().sum()
-        xx, yy = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
-    else:  # Gram form: <XX^T, YY^T> / (|XX^T| |YY^T|)
-        k, l_ = x @ x.T, y @ y.T
-        cross, xx, yy = (k * l_).sum(), torch.linalg.matrix_norm(k), torch.linalg.matrix_norm(l_)
-    if xx == 0 or yy == 0:
-        return math.nan
-    return float((cross / (xx * yy)).clamp(0.0, 1.0))
-
-
-def linear_cka(x: Tensor, y: Tensor) -> float:
+def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = True) -> float:
     """Linear centred kernel alignment between two sets of activations of the same inputs.
 
-    ``x`` ``[n, ...]`` and ``y`` ``[n, ...]`` are flattened to ``[n, p]`` and ``[n, q]``,
-    centred over the samples, and compared in float64 as
-    ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (or its equal Gram form
-    ``<XX^T, YY^T> / (||XX^T|| ||YY^T||)``, whichever is cheaper). The result lies in [0, 1],
-    is invariant to orthogonal transforms and isotropic scaling of either side, and is NaN
-    when one side does not vary across the samples.
+    ``x`` ``[n, ...]`` and ``y`` ``[n, ...]`` are flattened to ``[n, p]`` and ``[n, q]`` and
+    compared in float64 as ``HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y))``
+    (:func:`kdna.analysis.cka.hsic`, never an ``n x n`` matrix when the features are narrow).
+
+    ``debiased`` (the default) uses the unbiased HSIC (Song et al., 2012): about 0 for
+    independent activations at any ``n >= 4``, so it can be slightly negative. With
+    ``debiased=False``, the plain estimator of Kornblith et al. (2019), in [0, 1], which is
+    biased towards 1 when ``n`` is small next to the number of features (about 0.99 for
+    independent Gaussian features at ``n = 48, p = 4096``). Both are 1 for identical inputs,
+    invariant to orthogonal transforms and isotropic scaling of either side, and NaN when one
+    side does not vary across the samples.
     """
     x, y = _samples(x, "x"), _samples(y, "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must hold the same samples, got n = {x.shape[0]} and "
                          f"n = {y.shape[0]}")
-    if x.shape[0] < 2:
-        raise ValueError(f"CKA needs at least 2 samples, got {x.shape[0]}")
-    return _cka_centred(_centred(x), _centred(y.to(x.device)))
+    if x.shape[0] < MIN_SAMPLES[bool(debiased)]:
+        raise ValueError(f"CKA needs at least 2 samples (4 for the debiased estimator), got "
+                         f"{x.shape[0]}")
+    xx, yy = hsic(x, x, debiased=debiased), hsic(y, y, debiased=debiased)
+    if xx <= 0 or yy <= 0:
+        return math.nan
+    value = hsic(x, y, debiased=debiased) / math.sqrt(xx * yy)
+    return min(1.0, max(0.0, value)) if not debiased else value
 
 
 def _pooled(module: nn.Module, out: Tensor, limit: int = MAX_FEATURES) -> Tensor:
@@ -204,36 +207,79 @@ def _pooled(module: nn.Module, out: Tensor, limit: int = MAX_FEATURES) -> Tensor
     return out.reshape(out.shape[0], -1)
 
 
-def cka_matrix(model: nn.Module, inputs: Tensor, layers: Sequence[str] | None = None
-               ) -> Similarity:
-    """Linear CKA (:func:`linear_cka`) between the activations of every pair of layers.
+def _minibatches(inputs: object, batch_size: int) -> Iterator[Tensor]:
+    if isinstance(inputs, Tensor):
+        if inputs.dim() == 0:
+            raise ValueError("inputs must be a batch [n, ...], got a scalar")
+        # near-equal chunks, so that no minibatch is left with a handful of samples
+        yield from torch.tensor_split(inputs, max(1, math.ceil(len(inputs) / batch_size)))
+        return
+    if not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs must be one batch as a Tensor or an iterable of batches, got "
+                        f"{type(inputs).__name__}")
+    for item in inputs:
+        if isinstance(item, tuple | list) and item and isinstance(item[0], Tensor):
+            item = item[0]  # a data loader's (x, y)
+        yield _check_batch(item)
 
-    ``inputs`` is one batch, the samples CKA compares (64 or more is sensible); ``layers`` by
-    default every ``nn.Conv2d`` with ``groups == 1`` and every KernelDNA child, in model order.
-    To bound memory, each output is average-pooled spatially inside its hook to at most
-    :data:`MAX_FEATURES` (4096) features per sample; CKA compares the pooled representations.
+
+def cka_matrices(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
+                 layers: Sequence[str] | None = None, *, batch_size: int = 64,
+                 permuted_seed: int | None = None) -> dict[str, Similarity]:
+    """Debiased and plain linear CKA between every pair of layers, from one pass over ``inputs``.
+
+    ``inputs``: one batch (split into near-equal minibatches of at most ``batch_size``) or an
+    iterable of batches (a ``DataLoader`` of ``(x, y)``: ``x`` is taken), each of at least 4
+    inputs. ``layers``: by default every ``nn.Conv2d`` with ``groups == 1`` and every KernelDNA
+    child, in model order. Each output is average-pooled spatially inside its hook to at most
+    :data:`MAX_FEATURES` features; HSIC is averaged over the minibatches (Nguyen, Raghu and
+    Kornblith, 2021), so memory does not grow with the number of inputs.
+
+    Returns ``{"debiased": ..., "plain": ...}``; with ``permuted_seed``, also
+    ``"debiased, permuted"`` and ``"plain, permuted"``: the same activations with every layer's
+    samples shuffled independently within each minibatch (a null: what the estimator gives
+    for layers that share no information about the inputs).
     """
+    module_arg("model", model)
+    batch_size = int_at_least("batch_size", batch_size, MIN_SAMPLES[True])
     resolved = resolve_layers(model, layers, lambda m: isinstance(m, KernelChild)
                         or (isinstance(m, nn.Conv2d) and m.groups == 1))
     if not resolved:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d with groups=1 and no "
                          "KernelDNA child; name the layers to compare")
-    if _check_batch(inputs).dim() == 0 or inputs.shape[0] < 2:
-        raise ValueError(f"CKA needs a batch of at least 2 inputs, got shape {list(inputs.shape)}")
-    acts = _capture(model, inputs, resolved, _pooled)
-    features = [_centred(acts[n].cpu().to(torch.float64)) for n in resolved]
-    count, samples = len(features), features[0].shape[0]
-    if samples <= _GRAM_SAMPLES:  # one normalised n x n Gram matrix per layer
-        grams = torch.stack([(x @ x.T).flatten() for x in features])
-        norms = torch.linalg.vector_norm(grams, dim=1)
-        grams = grams / norms.clamp_min(1e-300)[:, None]
-        matrix = (grams @ grams.T).clamp(0.0, 1.0)
-        matrix[(norms == 0)[:, None] | (norms == 0)[None, :]] = math.nan
-    else:
-        matrix = torch.empty(count, count, dtype=torch.float64)
-        for i in range(count):
-            for j in range(i, count):
-                matrix[i, j] = matrix[j, i] = _cka_centred(features[i], features[j])
-    diagonal = matrix.diagonal()
-    diagonal.copy_(torch.where(diagonal.isnan(), diagonal, 1.0))
-    return Similarity(list(resolved), matrix.float(), "linear CKA")
+    actual, null = CKAAccumulator(), CKAAccumulator()
+    generator = None if permuted_seed is None else torch.Generator().manual_seed(permuted_seed)
+    for batch in _minibatches(inputs, batch_size):
+        if batch.dim() == 0 or batch.shape[0] < MIN_SAMPLES[True]:
+            raise ValueError(f"CKA needs batches of at least 4 inputs, got shape "
+                             f"{list(batch.shape)}")
+        acts = _capture(model, batch, resolved, _pooled)
+        features = [acts[n].to(torch.float64) for n in resolved]
+        actual.update(features)
+        if generator is not None:
+            null.update(features, generator=generator)
+    if not actual.samples:
+        raise ValueError("inputs held no batch")
+    names = list(resolved)
+    result = {}
+    for debiased, label in ((True, "debiased"), (False, "plain")):
+        kind = "debiased linear CKA" if debiased else "linear CKA"
+        result[label] = Similarity(names, actual.compute(debiased=debiased).float(), kind)
+        if generator is not None:
+            result[f"{label}, permuted"] = Similarity(
+                names, null.compute(debiased=debiased).float(), f"{kind} (samples permuted)")
+    return result
+
+
+def cka_matrix(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
+               layers: Sequence[str] | None = None, *, debiased: bool = True,
+               batch_size: int = 64) -> Similarity:
+    """Linear CKA (:func:`linear_cka`) between the activations of every pair of layers.
+
+    ``debiased`` (the default) gives the debiased estimator, ``debiased=False`` the plain one;
+    ``inputs``, ``layers`` and ``batch_size`` as for :func:`cka_matrices`, which gives both
+    estimators, and their sample-permuted nulls, from one pass.
+    """
+    module_arg("model", model)
+    return cka_matrices(model, inputs, layers, batch_size=batch_size)[
+        "debiased" if debiased else "plain"]

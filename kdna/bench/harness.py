@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdna._checks import int_at_least, one_of
+from kdna._checks import instance_arg, int_at_least, module_arg, one_of, optional_positive_int
 from kdna.deploy import deploy
 from kdna.nn.utils import count_parameters, device_description
 
@@ -239,8 +239,13 @@ def compare(models: Mapping[str, nn.Module], input_shape: tuple[int, ...], *,
     changes layouts), so the caller's models are left as they were. ``threads`` sets torch's
     CPU thread count for the run. ``option_overrides`` are :class:`Options` fields.
     """
+    instance_arg("models", models, Mapping, "a mapping of names to models")
     if not models:
         raise ValueError("compare needs at least one model, got none")
+    for key, model in models.items():
+        module_arg(f"models[{key!r}]", model)
+    check_input_shape(input_shape)
+    optional_positive_int("threads", threads)
     options = replace(options or Options(), **option_overrides)
     with _threads(threads):
         device = torch.device(options.device)
@@ -281,9 +286,20 @@ def compare(models: Mapping[str, nn.Module], input_shape: tuple[int, ...], *,
     return results
 
 
+def check_input_shape(input_shape: object) -> tuple[int, ...]:
+    """``input_shape`` if it is a tuple (or list) of positive integers: ``(batch, 3, 224, 224)``."""
+    if (isinstance(input_shape, str) or not isinstance(input_shape, tuple | list)
+            or not input_shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                      for d in input_shape)):
+        raise ValueError(f"input_shape must be a tuple of positive integers such as "
+                         f"(1, 3, 224, 224), got {input_shape!r}")
+    return tuple(input_shape)
+
+
 def measure(model: nn.Module, input_shape: tuple[int, ...], *, name: str = "model",
             **kwargs) -> Measurement:
     """Measure one model; keyword arguments as for :func:`compare` (and :class:`Options`)."""
+    module_arg("model", model)
     return compare({name: model}, input_shape, **kwargs)[0]
 
 

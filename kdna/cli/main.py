@@ -6,12 +6,18 @@ The reference flags work as before (``--data --ckpt_dir --log_dir --arch --custo
 spelling. New: ``--convert`` (convert a pretrained model with :func:`kdna.convert`),
 ``--adapters-only`` (train only what KernelDNA added, norms and head), ``--image-size``,
 ``--optimizer``, ``--label-smoothing``, ``--max-steps``, ``--limit``. Everything is written
-under ``./runs/`` unless told otherwise. ``kdna metrics`` lives in :mod:`kdna.cli.metrics`.
+under ``./runs/`` unless told otherwise. ``kdna metrics`` lives in :mod:`kdna.cli.metrics`;
+``kdna check-data PATH`` lists the unreadable images of a folder.
+
+Every flag is checked before any data is read (:mod:`kdna.cli.validate`); a user's mistake is
+one line ``kdna: error: ...`` and status 2, Ctrl-C saves and prints the resume command
+(:mod:`kdna.cli.errors`); ``--debug`` or ``KDNA_DEBUG=1`` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -22,10 +28,13 @@ import torch
 from torch import nn
 
 from kdna.cli import metrics
+from kdna.cli.errors import Parser, UsageError, guarded
+from kdna.cli.validate import check_demo_args, check_metrics_args, check_train_args
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
 from kdna.conversion.freeze import adapter_only
 from kdna.data.classification import IMAGENET_MEAN, IMAGENET_STD, load_data
+from kdna.data.imagefiles import scan_images
 from kdna.models import create_model, efficientnet_lite, list_models
 from kdna.nn.utils import count_parameters
 from kdna.train import distributed
@@ -70,6 +79,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     _add(g, "--limit", type=int, default=None, help="at most this many samples per split")
     _add(g, "-j", "--workers", type=int, default=4, help="data loading workers")
     _add(g, "-b", "--batch-size", type=int, default=256)
+    _add(g, "--bad-images", choices=("error", "skip"), default="error",
+         help="an unreadable image in a folder: stop with its path (error) or leave it out")
     _add(g, "--seed", type=int, default=0)
 
 
@@ -105,8 +116,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The ``kdna`` argument parser (``train``, ``eval``, ``metrics``, ``demo``)."""
-    p = argparse.ArgumentParser(prog="kdna", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="kdna", description=__doc__.split("\n\n")[0])
+    debug = Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true",
+                       help="show the traceback of an error (also: KDNA_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[debug])
     for name, text in (("train", "train or fine-tune a model"),
                        ("eval", "evaluate a checkpoint (--resume)")):
         s = sub.add_parser(name, help=text)
@@ -123,6 +138,10 @@ def parser() -> argparse.ArgumentParser:
     _add(demo, "--image-size", type=int, default=64)
     _add(demo, "--limit", type=int, default=None, help="at most this many samples per split")
     _add(demo, "--no-progress", action="store_true")
+    check = sub.add_parser("check-data", help="read every image of a folder once and list "
+                           "the unreadable ones (status 1 if there are any)")
+    check.add_argument("path", help="an ImageFolder folder")
+    _add(check, "--no-progress", action="store_true")
     return p
 
 
@@ -131,7 +150,7 @@ def build_model(arch: str, *, num_classes: int, customize: bool = False,
                 image_size: int = 224, layout: dict | None = None) -> tuple[nn.Module, dict]:
     """The model the flags describe, and the plain values needed to build it again."""
     if customize and do_convert:
-        raise ValueError("give --customize (the KernelDNA layout) or --convert (convert the "
+        raise UsageError("give --customize (the KernelDNA layout) or --convert (convert the "
                          "plain model), not both")
     weights = ("imagenet" if "lite" in arch.lower() else "DEFAULT") if pretrained else None
     model = create_model(arch, kernel_dna=customize, weights=weights, num_classes=num_classes)
@@ -155,11 +174,12 @@ def _data(args: argparse.Namespace, arch: str, meta: dict):
     std = efficientnet_lite.STD if lite else IMAGENET_STD
     source = "synthetic" if args.dummy else (args.data or meta.get("data"))
     if source is None:
-        raise SystemExit("kdna: give --data PATH_OR_NAME, or --dummy for a synthetic set")
+        raise UsageError("give --data PATH_OR_NAME, or --dummy for a synthetic set")
     size = args.image_size or meta.get("image_size") or (64 if source == "synthetic" else 224)
     seed = meta.get("seed", args.seed) if args.data is None and not args.dummy else args.seed
     limit = args.limit if args.limit is not None else meta.get("limit")
-    splits = load_data(source, image_size=size, mean=mean, std=std, seed=seed, limit=limit)
+    splits = load_data(source, image_size=size, mean=mean, std=std, seed=seed, limit=limit,
+                       bad_images=args.bad_images)
     return splits, {"data": source, "image_size": size, "seed": seed, "limit": limit}
 
 
@@ -178,7 +198,7 @@ def _train(args: argparse.Namespace, ctx: distributed.Context) -> dict:
     meta |= data_meta | {"adapters_only": adapters}
     if args.evaluate:
         if state is None:
-            raise SystemExit("kdna: --evaluate needs --resume CHECKPOINT")
+            raise UsageError("--evaluate needs --resume CHECKPOINT")
         model.load_state_dict(state["model"])
         metrics = evaluate(model.to(ctx.device), data.val, batch_size=args.batch_size,
                            workers=args.workers, progress=not args.no_progress)
@@ -219,19 +239,32 @@ def _report(summary: dict, ctx: distributed.Context) -> None:
         print(json.dumps(summary, indent=2))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _check_data(args: argparse.Namespace) -> int:
+    bad = scan_images(args.path, progress=not args.no_progress)
+    for path, reason in bad:
+        print(f"{path}: {reason}")
+    print(f"{len(bad)} unreadable image(s) under {args.path}" if bad
+          else f"every image under {args.path} is readable")
+    return 1 if bad else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "check-data":
+        return _check_data(args)
     if args.command == "demo":
         from kdna.cli.demo import run_demo
 
+        check_demo_args(args)
         report = run_demo(out=Path(args.out), epochs=args.epochs, image_size=args.image_size,
                           limit=args.limit, progress=not args.no_progress)
         print(report.read_text())
         return 0
     if args.command == "metrics":
+        check_metrics_args(args)
         print(metrics.run(args))
         return 0
     args.evaluate = args.evaluate or args.command == "eval"
+    check_train_args(args)
     if args.multiprocessing_distributed:
         per_node = max(1, torch.cuda.device_count())
         torch.multiprocessing.spawn(_worker, args=(args, per_node), nprocs=per_node)
@@ -243,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         distributed.cleanup()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kdna`` with ``argv`` (default: the process's arguments); the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    return guarded(lambda: _run(args), argv, args.debug)
 
 
 if __name__ == "__main__":

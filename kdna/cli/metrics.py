@@ -55,11 +55,7 @@ def configure(p: argparse.ArgumentParser, add) -> None:
 
 def run(args: argparse.Namespace) -> str:
     """Run the metrics the flags ask for; return the printed report."""
-    if args.gpu and not torch.cuda.is_available():
-        raise SystemExit("kdna metrics: --gpu given but no CUDA device is available")
-    if args.batch_size < 1 or args.image_size < 1:
-        raise SystemExit(f"kdna metrics: --batch-size and --image-size must be positive, got "
-                         f"{args.batch_size} and {args.image_size}")
+    # the flags were checked by kdna.cli.validate.check_metrics_args
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     shape = (args.batch_size, 3, args.image_size, args.image_size)

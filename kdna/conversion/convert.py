@@ -25,11 +25,14 @@ fine-tuning (:func:`kdna.conversion.freeze.adapter_only`) makes good.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdna._checks import module_arg
+from kdna.conversion.base import record_conversion, state_digests
 from kdna.conversion.config import ConvertConfig, resolve_config
 from kdna.conversion.plan import (
     ConversionPlan,
@@ -37,10 +40,17 @@ from kdna.conversion.plan import (
     candidate_layers,
     check_not_converted,
     gate_reduction_for,
+    in_place_reduction,
     plan_conversion,
     probe,
 )
-from kdna.conversion.report import ChildFit, ConversionReport, SharedGroup, agreement
+from kdna.conversion.report import (
+    ChildFit,
+    ConversionReport,
+    LayerAdapter,
+    SharedGroup,
+    agreement,
+)
 from kdna.nn.conv import ChildConv2d, KernelChild
 from kdna.nn.fitting import fit_scales
 from kdna.nn.gate import GateForm
@@ -81,6 +91,10 @@ def _adopt(child: KernelChild, module: nn.Module, fit: bool, steps: int) -> floa
 def _check_fits(plan: ConversionPlan, layers: dict[str, nn.Module]) -> None:
     """A ``ValueError`` unless every layer the plan names is in ``layers`` with its parent's
     kernel shape (a plan made for another architecture, or applied twice)."""
+    for name in plan.own:
+        if name not in layers:
+            raise ValueError(f"the plan does not fit this model: {name!r} is not an nn.Conv2d "
+                             "or nn.Linear of it (or is already a child)")
     for parent, children in plan.layout.items():
         for name in (parent, *children):
             if name not in layers:
@@ -99,13 +113,34 @@ def _share(model: nn.Module, layers: dict[str, nn.Module], parent_name: str,
     fits, saved = [], 0
     for name in child_names:
         module = layers[name]
-        reduction = gate_reduction_for(module, config.gate_reduction)
+        reduction = gate_reduction_for(module, config.gate_reduction, config.gate_max_hidden)
         child = _make_child(module, parent, reduction, config.gate_form)
         fits.append(ChildFit(name, _adopt(child, module, config.fit_scales, config.fit_steps)))
         saved += module.weight.numel() - adapter_size(module, reduction)
         replace_module(model, name, child)
     return SharedGroup(parent_name, tuple(fits), "conv" if parent.weight.dim() == 4 else "linear",
                        tuple(parent.weight.shape), saved)
+
+
+def _adapt_in_place(model: nn.Module, layers: dict[str, nn.Module], names: list[str],
+                    config: ConvertConfig) -> list[LayerAdapter]:
+    """Make each of ``names`` a child of its own kernel (scales at zero, identity-at-init gate
+    where it has one): the model computes what it did. The report's rows."""
+    rows = []
+    for name in names:
+        module = layers[name]
+        reduction = in_place_reduction(module, config)
+        child = _make_child(module, module, reduction, config.gate_form)
+        _adopt(child, module, False, config.fit_steps)
+        depthwise = (isinstance(module, nn.Conv2d) and module.groups > 1
+                     and module.weight.shape[1] == 1)
+        kind = "linear" if isinstance(module, nn.Linear) else "depthwise" if depthwise else "conv"
+        rows.append(LayerAdapter(name, kind, tuple(module.weight.shape),
+                                 None if child.gate is None else child.gate.fc1.out_features,
+                                 sum(p.numel() for p in child.adapter_parameters()),
+                                 module.weight.numel()))
+        replace_module(model, name, child)
+    return rows
 
 
 def apply_plan(model: nn.Module, plan: ConversionPlan) -> ConversionReport:
@@ -117,16 +152,22 @@ def apply_plan(model: nn.Module, plan: ConversionPlan) -> ConversionReport:
         ValueError: the model is already converted or does not have the planned layers; it
             is unchanged when this is raised.
     """
+    module_arg("model", model)
     if not isinstance(plan, ConversionPlan):
         raise TypeError(f"plan must be a ConversionPlan (from kdna.conversion.plan_conversion), "
                         f"got {type(plan).__name__}")
     check_not_converted(model)
     layers = candidate_layers(model)
     _check_fits(plan, layers)
+    digests = state_digests(model)
     params_before = count_parameters(model)
     groups = [_share(model, layers, parent, children, plan.config)
               for parent, children in plan.layout.items()]
-    report = ConversionReport(groups, params_before, count_parameters(model), list(plan.skipped))
+    adapters = _adapt_in_place(model, layers, list(plan.own), plan.config)
+    report = ConversionReport(groups, params_before, count_parameters(model), list(plan.skipped),
+                              adapters=adapters)
+    record_conversion(model, digests, dataclasses.replace(plan, example_inputs=None,
+                                                          probe_output=None))
     if plan.example_inputs is not None and isinstance(plan.probe_output, Tensor):
         _, after = probe(model, {}, plan.example_inputs)
         report.agreement = agreement(plan.probe_output, after)
@@ -160,5 +201,6 @@ def convert(model: nn.Module, config: ConvertConfig | None = None, *,
             invalid. The model is unchanged when this is raised.
         TypeError: an unknown setting, or a config that is not a ``ConvertConfig``.
     """
+    module_arg("model", model)
     config = resolve_config(config, overrides, caller="convert")
     return apply_plan(model, plan_conversion(model, config, example_inputs=example_inputs))

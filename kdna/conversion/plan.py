@@ -18,6 +18,14 @@ replaces afterwards, so a bad rule fails before anything changed. The plan is a
    convolutions stay dense, as in the paper's layouts). Explicit ``groups`` skip the rule.
 3. **Parents**: in each group one member stays as it is and becomes the parent, chosen by
    the config's ``parent_rule`` (the member most similar to the others, by default).
+
+With ``share=False`` (adapters in place, :meth:`ConvertConfig.adapters`) there are no groups:
+every candidate that sees more than one position, whatever its stride, becomes a child of its
+own kernel (``ConversionPlan.own``). Depthwise convolutions get static scales only: their
+kernel is ``9 C`` parameters while a gate over ``C`` channels costs about ``2 C^2 / r``
+(larger from ``C = 72`` at ``r = 16``), and a per-channel gate before a depthwise layer only
+rescales channels that the BatchNorm after it and the next layer's gate can rescale too.
+Any other layer whose gate would not be smaller than its kernel also gets static scales only.
 """
 
 from __future__ import annotations
@@ -31,13 +39,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdna._checks import module_arg
 from kdna.conversion.config import ConvertConfig, Groups, resolve_config
 from kdna.nn.conv import KernelChild
 from kdna.nn.gate import ChannelGate
 from kdna.nn.utils import count_parameters
 
 __all__ = ["ConversionPlan", "adapter_size", "candidate_layers", "check_not_converted",
-           "gate_reduction_for", "plan_conversion", "probe", "select_layers"]
+           "gate_reduction_for", "in_place_reduction", "plan_conversion", "probe",
+           "select_layers"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +59,20 @@ class ConversionPlan:
     skipped: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # (group, why dense)
     example_inputs: Tensor | None = None  # the batch given, to measure agreement after applying
     probe_output: Any = None  # the unconverted model's output on example_inputs, if given
+    own: list[str] = field(default_factory=list)  # layers that become children of their own kernel
 
     @property
     def children(self) -> list[str]:
         """The names of every layer that becomes a child."""
-        return [c for children in self.layout.values() for c in children]
+        return [c for children in self.layout.values() for c in children] + list(self.own)
 
     def __str__(self) -> str:
         lines = [f"KernelDNA conversion plan: {len(self.layout)} parents, "
                  f"{len(self.children)} children ({self.config})"]
         lines += [f"- {parent} <- {', '.join(children)}"
                   for parent, children in self.layout.items()]
+        if self.own:
+            lines.append(f"- adapters in place (each on its own kernel): {', '.join(self.own)}")
         lines += [f"- left dense: {', '.join(names)}: {why}" for names, why in self.skipped]
         return "\n".join(lines)
 
@@ -153,14 +166,31 @@ def _auto_groups(layers: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]
     return [members for members in grouped.values() if len(members) > 1]
 
 
-def gate_reduction_for(module: nn.Module, gate_reduction: int | str | None) -> int | None:
-    """The gate reduction ratio a child of ``module`` gets under the config's setting."""
-    if gate_reduction != "auto":
-        return gate_reduction
-    # r = 4, raised by the expansion ratio when the input is wider than the output: the
-    # paper's choice (r = 24 before MobileNetV2's 6x-expanded projection).
+def gate_reduction_for(module: nn.Module, gate_reduction: int | str | None,
+                       max_hidden: int | None = None) -> int | None:
+    """The gate reduction ratio a child of ``module`` gets under the config's setting,
+    raised where needed so that the gate's hidden width is at most ``max_hidden``."""
+    if gate_reduction is None:
+        return None
     c_in, c_out = module.weight.shape[1] * getattr(module, "groups", 1), module.weight.shape[0]
-    return 4 * max(1, round(c_in / c_out))
+    if gate_reduction == "auto":
+        # r = 4, raised by the expansion ratio when the input is wider than the output: the
+        # paper's choice (r = 24 before MobileNetV2's 6x-expanded projection).
+        gate_reduction = 4 * max(1, round(c_in / c_out))
+    if max_hidden is not None:  # hidden = c_in // r <= max_hidden once r >= ceil(c_in / cap)
+        gate_reduction = max(gate_reduction, -(-c_in // max_hidden))
+    return gate_reduction
+
+
+def in_place_reduction(module: nn.Module, config: ConvertConfig) -> int | None:
+    """The gate reduction of an adapter in place on ``module``; ``None`` (static scales only)
+    for a depthwise convolution or where the gate would not be smaller than the kernel."""
+    if getattr(module, "groups", 1) > 1 and module.weight.shape[1] == 1:  # depthwise
+        return None
+    reduction = gate_reduction_for(module, config.gate_reduction, config.gate_max_hidden)
+    if reduction is not None and adapter_size(module, reduction) >= module.weight.numel():
+        return None
+    return reduction
 
 
 def adapter_size(module: nn.Module, reduction: int | None) -> int:
@@ -219,7 +249,8 @@ def _automatic_groups(model: nn.Module, layers: dict[str, nn.Module],
     skipped: list[tuple[tuple[str, ...], str]] = []
     for members in _auto_groups({n: layers[n] for n in selected}, shapes):
         module = layers[members[0]]
-        adapter = adapter_size(module, gate_reduction_for(module, config.gate_reduction))
+        adapter = adapter_size(module, gate_reduction_for(module, config.gate_reduction,
+                                                          config.gate_max_hidden))
         if adapter >= module.weight.numel():
             skipped.append((tuple(members), f"an adapter ({adapter:,} parameters) would "
                             f"not be smaller than the kernel ({module.weight.numel():,})"))
@@ -236,6 +267,27 @@ def _automatic_groups(model: nn.Module, layers: dict[str, nn.Module],
     return layout, skipped
 
 
+def _in_place_layers(model: nn.Module, layers: dict[str, nn.Module],
+                     shapes: dict[str, tuple[int, ...]], config: ConvertConfig) -> list[str]:
+    """The layers that get an adapter in place: candidates that see more than one position
+    (any stride; zero padding), restricted by include/exclude; a ``ValueError`` for none."""
+    eligible = []
+    for name in select_layers(list(layers), config.include, config.exclude):
+        module, shape = layers[name], shapes.get(name)
+        if shape is None or getattr(module, "padding_mode", "zeros") != "zeros":
+            continue
+        positions = shape[2:] if isinstance(module, nn.Conv2d) else shape[1:-1]
+        if math.prod(positions) > 1:
+            eligible.append(name)
+    if not eligible:
+        raise ValueError(f"no layer of {type(model).__name__} can take an adapter in place: "
+                         "none is an nn.Conv2d (zero padding) or a pointwise nn.Linear that "
+                         "sees more than one position"
+                         + (" among the include/exclude patterns" if config.include
+                            or config.exclude else ""))
+    return eligible
+
+
 def plan_conversion(model: nn.Module, config: ConvertConfig | None = None, *,
                     example_inputs: Tensor | None = None, **overrides: Any) -> ConversionPlan:
     """Decide what :func:`kdna.convert` would do to ``model``, changing nothing.
@@ -249,11 +301,20 @@ def plan_conversion(model: nn.Module, config: ConvertConfig | None = None, *,
         ValueError: the model is already converted, there is nothing to share, or a rule
             does not fit the model. ``TypeError``: an unknown setting.
     """
+    module_arg("model", model)
+    if example_inputs is not None and not isinstance(example_inputs, Tensor):
+        raise TypeError(f"example_inputs must be a torch.Tensor batch, got a "
+                        f"{type(example_inputs).__name__}")
     config = resolve_config(config, overrides, caller="plan_conversion")
     check_not_converted(model)
     layers = candidate_layers(model)
     skipped: list[tuple[tuple[str, ...], str]] = []
     before = None
+    if not config.share:
+        shapes, output = probe(model, layers, example_inputs)
+        before = output if example_inputs is not None else None
+        own = _in_place_layers(model, layers, shapes, config)
+        return ConversionPlan(config, {}, [], example_inputs, before, own)
     if config.groups is not None:
         layout = _explicit_groups(config.groups, layers, config.parent_rule)
         if example_inputs is not None:

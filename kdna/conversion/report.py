@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["Agreement", "ChildFit", "ConversionReport", "SharedGroup", "agreement"]
+__all__ = ["Agreement", "ChildFit", "ConversionReport", "LayerAdapter", "SharedGroup",
+           "agreement"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class SharedGroup:
 
 
 @dataclass(frozen=True)
+class LayerAdapter:
+    """One adapter in place (``share=False``): a layer made a child of its own frozen kernel."""
+
+    name: str
+    kind: str  # "conv", "depthwise" or "linear"
+    shape: tuple[int, ...]  # the kernel's shape
+    gate_hidden: int | None  # the gate's hidden width; None: static scales only
+    params: int  # the adapter's parameters: static scales and gate (an own bias not counted)
+    kernel_params: int  # the frozen kernel's
+
+
+@dataclass(frozen=True)
 class Agreement:
     """How closely the converted network's outputs follow the original's on one batch."""
 
@@ -68,6 +81,17 @@ class ConversionReport:
     params_after: int
     skipped: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
     agreement: Agreement | None = None
+    adapters: list[LayerAdapter] = field(default_factory=list)  # adapters in place, per layer
+
+    @property
+    def adapter_params(self) -> int:
+        """Parameters of every adapter in place, in total."""
+        return sum(a.params for a in self.adapters)
+
+    @property
+    def adapter_fraction(self) -> float:
+        """:attr:`adapter_params` as a share of the network before conversion."""
+        return self.adapter_params / self.params_before
 
     @property
     def layout(self) -> dict[str, list[str]]:
@@ -77,7 +101,7 @@ class ConversionReport:
 
     @property
     def children(self) -> list[str]:
-        return [c.name for g in self.groups for c in g.children]
+        return [c.name for g in self.groups for c in g.children] + [a.name for a in self.adapters]
 
     @property
     def fit_errors(self) -> dict[str, float]:
@@ -97,8 +121,11 @@ class ConversionReport:
             a = self.agreement
             lines.append(f"\nOutputs on {a.samples} inputs: top-1 agreement {100 * a.top1:.1f}%, "
                          f"relative logit error {a.logit_error:.3f}")
-        lines += ["", "| parent | kernel | children | mean fit error | params saved |",
-                  "|---|---|---|---|---|"]
+        if self.adapters:
+            lines += self._adapter_lines()
+        if self.groups:
+            lines += ["", "| parent | kernel | children | mean fit error | params saved |",
+                      "|---|---|---|---|---|"]
         for g in self.groups:
             names = ", ".join(c.name for c in g.children)
             shape = "x".join(map(str, g.shape))
@@ -108,6 +135,19 @@ class ConversionReport:
             lines.append("\nLeft dense:")
             lines += [f"- {', '.join(names)}: {why}" for names, why in self.skipped]
         return "\n".join(lines)
+
+    def _adapter_lines(self) -> list[str]:
+        lines = [f"\nAdapters in place: {len(self.adapters)} layers, each on its own frozen "
+                 f"kernel; {self.adapter_params:,} adapter parameters "
+                 f"({100 * self.adapter_fraction:.2f}% of the network)", "",
+                 "| layer | kernel | gate hidden | adapter params | kernel params |",
+                 "|---|---|---|---|---|"]
+        for a in self.adapters:
+            shape = "x".join(map(str, a.shape))
+            hidden = "static only" if a.gate_hidden is None else str(a.gate_hidden)
+            lines.append(f"| {a.name} | {a.kind} {shape} | {hidden} | {a.params:,} | "
+                         f"{a.kernel_params:,} |")
+        return lines
 
     def _repr_markdown_(self) -> str:
         return str(self)

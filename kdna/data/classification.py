@@ -32,8 +32,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets
 
-from kdna._checks import int_at_least, one_of, positive_int
+from kdna._checks import int_at_least, one_of, path_arg, positive_int
 from kdna._extras import require
+from kdna.data.imagefiles import drop_bad_images, read_image
 from kdna.data.online import require_online
 from kdna.data.splits import SplitView, balanced_subset, stratified_split
 from kdna.data.transforms import image_transform
@@ -163,14 +164,19 @@ class _ImageFolder(datasets.ImageFolder):
         return classes, {name: i for i, name in enumerate(classes)}
 
 
-def _image_folder(directory: Path) -> datasets.ImageFolder:
+def _image_folder(directory: Path, bad_images: str) -> datasets.ImageFolder:
     try:
-        return _ImageFolder(directory)
+        folder = _ImageFolder(directory, loader=read_image)
     except FileNotFoundError as exc:
         raise ValueError(f"{str(directory)!r} is not {LAYOUT} ({exc})") from exc
+    if bad_images == "skip":
+        drop_bad_images(folder)
+        if not folder.samples:
+            raise ValueError(f"no readable image in {str(directory)!r}")
+    return folder
 
 
-def _folder_splits(path: Path, val_fraction: float, seed: int):
+def _folder_splits(path: Path, val_fraction: float, seed: int, bad_images: str):
     """(train base, train indices, val base, val indices, classes) of an ImageFolder path."""
     if not path.is_dir():
         raise ValueError(f"{str(path)!r} is a file; expected {LAYOUT}")
@@ -179,12 +185,13 @@ def _folder_splits(path: Path, val_fraction: float, seed: int):
         if not all(has.values()):
             there, missing = ("train", "val") if has["train"] else ("val", "train")
             raise ValueError(f"{str(path)!r} has {there}/ but no {missing}/; expected {LAYOUT}")
-        train, val = _image_folder(path / "train"), _image_folder(path / "val")
+        train = _image_folder(path / "train", bad_images)
+        val = _image_folder(path / "val", bad_images)
         if train.classes != val.classes:
             raise ValueError(f"{str(path)!r}: train/ has classes {train.classes} but val/ has "
                              f"{val.classes}; both must hold the same class folders")
         return train, None, val, None, train.classes
-    base = _image_folder(path)
+    base = _image_folder(path, bad_images)
     train_idx, val_idx = stratified_split(torch.as_tensor(base.targets), val_fraction, seed)
     return base, train_idx, base, val_idx, base.classes
 
@@ -223,7 +230,7 @@ def _unknown(source: str) -> ValueError:
 def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
               mean=IMAGENET_MEAN, std=IMAGENET_STD, val_fraction: float = 0.2, seed: int = 0,
               augment: bool = True, limit: int | None = None, download: bool = True,
-              root: str | Path = "data/cache") -> DataSplits:
+              root: str | Path = "data/cache", bad_images: str = "error") -> DataSplits:
     """Train and validation sets of ``source``: a data set name (:func:`list_datasets`) or a
     folder path. See the module docstring.
 
@@ -237,7 +244,13 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
         limit: at most this many samples per split, with the class proportions kept.
         download: whether an online set that is not cached may be downloaded.
         root: the cache folder of the online sets.
+        bad_images: for a folder, what an unreadable image does: ``"error"`` (when it is
+            reached, a :class:`kdna.data.imagefiles.BadImageError` naming it and why) or
+            ``"skip"`` (every image is read once now; the bad ones are left out, with one
+            warning that counts them and names the first).
     """
+    path_arg("source", source)
+    one_of("bad_images", bad_images, ("error", "skip"))
     one_of("channels", channels, (1, 3))
     int_at_least("image_size", image_size, 8)
     if not 0 < val_fraction < 1:
@@ -256,7 +269,7 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
     elif not isinstance(source, Path) and key in _ONLINE:
         splits, name, small = _online_splits(key, Path(root), download), key, _ONLINE[key][5]
     elif (path := Path(source).expanduser()).exists():
-        splits, name, small = _folder_splits(path, val_fraction, seed), str(path), False
+        splits, name, small = _folder_splits(path, val_fraction, seed, bad_images), str(path), False
     elif isinstance(source, Path) or os.sep in str(source) or str(source).startswith((".", "~")):
         raise FileNotFoundError(f"data folder {str(source)!r} does not exist; expected {LAYOUT}")
     else:

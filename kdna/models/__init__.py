@@ -30,7 +30,7 @@ from kdna.models.layout import apply_layout
 from kdna.models.mobilenet import mobilenet_v2, mobilenet_v2_1d2
 from kdna.models.resnet import resnet18, resnet50
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["canonical_name", "create_model", "list_models"]
 
 
 def efficientnet_lite0(*, kernel_dna: bool = True, weights: str | None = None,
@@ -78,6 +78,12 @@ def _canonical(name: str) -> str:
     raise ValueError(f"unknown model {name!r}{hint}; valid names: {', '.join(_BUILDERS)}")
 
 
+def canonical_name(name: str) -> str:
+    """The registered name that ``name`` spells (case, ``-``/``_`` and aliases aside); a
+    ``ValueError`` that suggests the closest name if there is none."""
+    return _canonical(name)
+
+
 def list_models() -> list[str]:
     """The canonical model names :func:`create_model` accepts."""
     return list(_BUILDERS)
@@ -96,6 +102,9 @@ def create_model(name: str, *, kernel_dna: bool = True, weights: str | None = No
         num_classes: size of the classifier; with weights, a new head of this size replaces
             a pretrained head of a different size.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name (a string, one of list_models()), got a "
+                        f"{type(name).__name__}; to convert a model you have, use kdna.convert")
     positive_int("num_classes", num_classes)
     return _BUILDERS[_canonical(name)](kernel_dna=kernel_dna, weights=weights,
                                        num_classes=num_classes)

@@ -27,6 +27,7 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
+from kdna._checks import module_arg
 from kdna.nn.conv import ChildConv2d
 from kdna.nn.utils import children_of
 
@@ -79,6 +80,7 @@ def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
     train (a folded child refuses to run in training mode). :func:`unfold` restores the
     trainable form exactly.
     """
+    module_arg("model", model)
     children = list(children_of(model, verb="fold").values())
     if any(child.is_folded for child in children):
         raise RuntimeError("model is already folded; call kdna.unfold(model) first")
@@ -94,6 +96,7 @@ def fold(model: nn.Module, *, batchnorm: bool = True) -> nn.Module:
 
 def unfold(model: nn.Module) -> nn.Module:
     """Undo :func:`fold` in place (a no-op for children that are not folded); returns ``model``."""
+    module_arg("model", model)
     children = list(children_of(model, verb="unfold").values())
     for container in list(model.modules()):
         for name, module in list(container.named_children()):

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["FORMAT", "check_writable", "load_checkpoint", "rng_state", "save_checkpoint",
+           "set_rng_state"]
 
 FORMAT = "kdna-checkpoint"
 
@@ -45,25 +46,96 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _what_it_is(path: Path) -> str:
+    """A few words on what a file that is not a checkpoint holds, from its first bytes."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return f"a truncated or corrupt zip/torch file ({size} bytes)"
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return f"a zip archive that is not a torch file ({size} bytes)"
+        return f"a corrupt torch file ({size} bytes)"
+    if head.startswith(b"\x80"):
+        return f"a raw pickle, not a torch zip file ({size} bytes)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data that torch cannot read ({size} bytes)"
+    return f"a text file ({size} bytes)"
+
+
+def _unreadable(path: Path) -> ValueError:
+    return ValueError(f"{str(path)!r} is not a readable checkpoint: it is {_what_it_is(path)}, "
+                      f"not a kdna checkpoint")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, on the CPU, tensors only."""
+    """Load a checkpoint written by :func:`save_checkpoint`, on the CPU, tensors only.
+
+    Anything else (a missing path, a folder, an empty, truncated or corrupt file, text, a zip
+    that is not torch, pickled code, a torch file that is not a kdna checkpoint) raises
+    ``FileNotFoundError``, ``IsADirectoryError`` or a ``ValueError`` naming the file and what it
+    is. Loading never writes anything.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a folder; give a file such as "
+                                f"{str(path / 'last.pt')!r}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        with path.open("rb") as f:
+            pickled = f.read(1) == b"\x80" or zipfile.is_zipfile(path)
+        if not pickled:  # torch reads what is not a zip as a pickle: text, random bytes
+            raise _unreadable(path) from None
+        first = str(exc).strip().splitlines()[-1][:200]
         raise ValueError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
-            f"containers (possibly pickled code), which weights_only loading forbids ({exc})"
+            f"containers (possibly pickled code), which weights_only loading forbids ({first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): "
-                         f"{exc}") from None
+    except PermissionError as exc:
+        raise PermissionError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
+    except Exception:  # torch's errors on foreign bytes are of every kind
+        raise _unreadable(path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a kdna checkpoint (expected a dict with "
-                         f"'format': {FORMAT!r})")
+        what = (f"a dict with keys {sorted(map(str, payload))[:8]}" if isinstance(payload, dict)
+                else f"a {type(payload).__name__}")
+        raise ValueError(f"{str(path)!r} is not a kdna checkpoint: it is a torch file holding "
+                         f"{what}, not a dict with 'format': {FORMAT!r}")
     return payload
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written there (a small probe,
+    written, flushed to disk and removed), so an unwritable, missing or full checkpoint folder
+    is found before training starts. Raises ``NotADirectoryError``, ``PermissionError`` or
+    ``OSError`` naming the folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"checkpoint folder {str(folder)!r} is an existing file; "
+                                 f"give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kdna-probe.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as exc:
+        kind = type(exc) if type(exc) in (PermissionError, NotADirectoryError) else OSError
+        raise kind(f"checkpoint folder {str(folder)!r} is not writable: "
+                   f"{exc.strerror or exc}") from None
+    return folder
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,13 +14,18 @@ model is wrapped in DistributedDataParallel, each rank reads its shard of every 
 rank 0 alone logs and writes checkpoints.
 
 A non-finite loss stops training with :class:`NonFiniteLossError`; nothing is written after
-it, so the last checkpoint (written atomically) is the last good state.
+it, so the last checkpoint (written atomically) is the last good state. SIGINT (Ctrl-C) and
+SIGTERM finish the current step, write ``last.pt`` and raise :class:`TrainingInterrupted`
+(:mod:`kdna.train.interrupt`). A checkpoint may be written mid-epoch, after an epoch's last
+step but before its evaluation, after the evaluation, or after the final epoch; a run resumed
+from any of them ends with the weights of an unbroken one. The checkpoint folder is probed
+with a small write before training starts.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,88 +34,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdna._checks import non_negative_float, one_of, positive_float, positive_int
-from kdna.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kdna.train.checkpoint import (
+    check_writable,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from kdna.train.config import NonFiniteLossError, TrainConfig, TrainResult, check_fit_args
 from kdna.train.distributed import is_distributed
 from kdna.train.distributed import rank as process_rank
 from kdna.train.evaluate import Metrics, device_batches, evaluate, recalibrate_batchnorm
+from kdna.train.interrupt import StopSignals, TrainingInterrupted, ignore_sigint
 from kdna.train.logs import MetricsLogger
 from kdna.train.sampler import EpochSampler, epoch_seed
-from kdna.train.schedule import OPTIMIZERS, build_optimizer, warmup_cosine
+from kdna.train.schedule import build_optimizer, warmup_cosine
 
-__all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "evaluate", "fit",
-           "recalibrate_batchnorm"]
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Defaults are the reference recipe for ResNet-18 at a small batch."""
-
-    epochs: int = 10                 # passes over the training set
-    batch_size: int = 64             # per process; the last incomplete batch is dropped
-    optimizer: str = "sgd"           # "sgd" (momentum, the reference) or "adamw"
-    lr: float = 0.1                  # peak learning rate, reached at the end of warm-up
-    momentum: float = 0.9            # SGD momentum (AdamW: beta1)
-    weight_decay: float = 1e-4       # applied to every trainable parameter, as the reference
-    warmup_epochs: float = 0.0       # linear warm-up length (fractions allowed)
-    eta_min: float = 0.0             # learning rate at the end of the cosine
-    label_smoothing: float = 0.0     # cross-entropy label smoothing
-    grad_clip: float | None = None   # clip the global gradient norm to this, if set
-    amp: bool | None = None          # mixed precision; None: on when training on CUDA
-    amp_dtype: str = "bfloat16"      # "bfloat16", or "float16" (with a gradient scaler)
-    channels_last: bool | None = None  # NHWC memory format; None: on when training on CUDA
-    workers: int = 0                 # DataLoader worker processes (0: exact resume mid-epoch)
-    seed: int = 0                    # data order and initial RNG state
-    start_epoch: int = 0             # begin here, schedule included (ignored when resuming)
-    max_steps: int | None = None     # stop after this many optimizer steps in all (budgets)
-    checkpoint_every: int | None = None  # also checkpoint every N steps (resume mid-epoch)
-    out_dir: str = "runs/train"      # checkpoints (last.pt, best.pt) go here
-    log_dir: str | None = None       # metrics.csv and TensorBoard events (default: out_dir)
-    tensorboard: bool = True         # write TensorBoard events beside metrics.csv
-    progress: bool = True            # tqdm progress bars
-    eval_batch_size: int = 256       # validation batch size
-    bn_recalibration: int = 0        # before each evaluation, re-estimate BatchNorm statistics
-    #                                   from this many training batches (right after
-    #                                   kdna.convert the weights move faster than the
-    #                                   running averages can follow)
-    bn_momentum: float | None = None  # set every BatchNorm's momentum (0.1: PyTorch's usual;
-    #                                   short fine-tunes of TF-trained models, whose 0.01
-    #                                   would leave the running statistics behind)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            positive_int(name, getattr(self, name))
-        one_of("optimizer", self.optimizer, OPTIMIZERS)
-        one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
-        positive_float("lr", self.lr)
-        non_negative_float("warmup_epochs", self.warmup_epochs)
-        non_negative_float("eta_min", self.eta_min)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`fit` did: per-epoch history, best accuracy, where the checkpoints are.
-
-    Each history row holds ``epoch``, ``step``, ``train_loss``, ``train_top1``, ``lr``,
-    ``seconds`` and, with a validation set, ``val_loss``, ``val_top1``, ``val_top5``; every
-    accuracy (and ``best_top1``, the best ``val_top1``) is a fraction in [0, 1].
-    ``train_top1`` is over this process's batches, as they were trained.
-    """
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_top1: float = 0.0
-    last_checkpoint: Path | None = None
-    best_checkpoint: Path | None = None
-    steps: int = 0
-    seconds: float = 0.0
-
-    @property
-    def seconds_per_step(self) -> float:
-        return self.seconds / max(1, self.steps)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped with the last checkpoint intact."""
+__all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "TrainingInterrupted",
+           "evaluate", "fit", "recalibrate_batchnorm"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -120,7 +61,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class _Run:
     """One call of :func:`fit`: the model as trained (DDP-wrapped under torchrun), its data,
     optimiser, schedule and gradient scaler, the result so far and the position in the data
-    (``epoch`` and the batches of it already done, ``skip``)."""
+    (``epoch``, the batches of it already done, ``skip``, and their ``[loss sum, correct,
+    samples]``, ``sums``)."""
 
     def __init__(self, model: nn.Module, train_set: Dataset, config: TrainConfig,
                  device: torch.device | str | None, resume: str | Path | None,
@@ -134,6 +76,8 @@ class _Run:
         self.rank, self.out_dir = process_rank(), Path(config.out_dir)
         self.distributed = is_distributed()
         state = load_checkpoint(resume) if resume is not None else None  # fail before writing
+        if self.rank == 0:  # an unwritable or full folder is found before any training
+            check_writable(self.out_dir)
         torch.manual_seed(config.seed)
         self.model = self._place(model)
         self._build_loader(train_set)
@@ -147,6 +91,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp and self.amp_dtype == torch.float16)
         self.result, self.epoch, self.skip = TrainResult(), config.start_epoch, 0
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         if state is not None:
             self._restore(state)
 
@@ -178,7 +123,7 @@ class _Run:
         self.loader = DataLoader(train_set, batch_size=config.batch_size, sampler=self.sampler,
                                  drop_last=True, num_workers=config.workers,
                                  pin_memory=self.device.type == "cuda",
-                                 generator=self.loader_rng)
+                                 generator=self.loader_rng, worker_init_fn=ignore_sigint)
         self.steps_per_epoch = len(self.sampler) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_set)} samples) is smaller than one "
@@ -191,45 +136,67 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.skip = state["epoch"], state["step_in_epoch"]
+        if not 0 <= self.skip <= self.steps_per_epoch:
+            raise ValueError(f"the checkpoint stopped at step {self.skip} of an epoch, but an "
+                             f"epoch here has {self.steps_per_epoch} steps: resume with the "
+                             f"data and batch size it was trained with")
+        self.sums = torch.tensor(state.get("epoch_sums", [0.0, 0.0, 0.0]),
+                                 dtype=torch.float64, device=self.device)
         self.result.steps = state["global_step"]
         self.result.best_top1, self.result.history = state["best_top1"], list(state["history"])
 
-    def checkpoint(self, name: str, step_in_epoch: int) -> Path | None:
-        """Write ``out_dir/name`` (rank 0 only; other ranks return ``None``)."""
+    def checkpoint(self, name: str) -> Path | None:
+        """Write ``out_dir/name`` at the position reached (rank 0 only; others: ``None``)."""
         if self.rank != 0:
             return None
         return save_checkpoint({
             "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": rng_state(), "epoch": self.epoch, "step_in_epoch": step_in_epoch,
+            "rng": rng_state(), "epoch": self.epoch, "step_in_epoch": self.skip,
+            "epoch_sums": self.sums.tolist(),
             "global_step": self.result.steps, "best_top1": self.result.best_top1,
             "config": asdict(self.config), "meta": self.meta,
             "history": self.result.history}, self.out_dir / name)
 
-    def train_epoch(self, show: bool) -> list[float] | None:
-        """Train on the rest of epoch ``epoch``: ``[loss sum, correct, samples]`` of this
-        rank's batches, or ``None`` when ``max_steps`` stopped the run (checkpoint written)."""
+    def train_epoch(self, show: bool, signals: StopSignals) -> str:
+        """Train on the rest of epoch ``epoch``. Returns ``"done"`` (the epoch's last step is
+        done), ``"max_steps"`` (the budget is spent; checkpoint written) or ``"signal"`` (a
+        signal came; the step in progress was finished)."""
         config, result = self.config, self.result
+        if self.skip >= self.steps_per_epoch:  # resumed after the last step, before evaluation
+            return "done"
         if self.distributed:
             self.sampler.set_epoch(self.epoch)
         else:
             self.sampler.set_epoch(self.epoch, self.skip * config.batch_size)
         self.loader_rng.manual_seed(epoch_seed(config.seed, self.epoch))
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, n
-        step_in_epoch = self.skip
         for images, labels in device_batches(self.loader, self.device, self.channels_last,
                                              f"epoch {self.epoch + 1}/{config.epochs}", show):
-            sums += self._step(images, labels, step_in_epoch)
+            self.sums += self._step(images, labels, self.skip)
             result.steps += 1
-            step_in_epoch += 1
-            if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                result.last_checkpoint = self.checkpoint("last.pt", step_in_epoch)
+            self.skip += 1
+            if self._stop_requested(signals):
+                return "signal"
             if config.max_steps is not None and result.steps >= config.max_steps:
-                result.last_checkpoint = self.checkpoint("last.pt", step_in_epoch)
-                return None
-        self.epoch, self.skip = self.epoch + 1, 0
-        return sums.tolist()
+                result.last_checkpoint = self.checkpoint("last.pt")
+                return "max_steps"
+            if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
+                result.last_checkpoint = self.checkpoint("last.pt")
+            if self.skip >= self.steps_per_epoch:
+                break
+        return "done"
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether a signal came; under torchrun, whether one came to any rank (all ranks
+        stop after the same step)."""
+        if not self.distributed:
+            return signals.received is not None
+        flag = torch.tensor([0.0 if signals.received is None else 1.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and signals.received is None:
+            signals.received = 2  # another rank was interrupted: stop as for SIGINT
+        return bool(flag.item())
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, step_in_epoch: int
               ) -> torch.Tensor:
@@ -256,31 +223,52 @@ class _Run:
         return torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(),
                             torch.tensor(len(labels), device=self.device)]).double()
 
-    def end_epoch(self, sums: list[float], train_set: Dataset, val_set: Dataset | None,
-                  logger: MetricsLogger, show: bool, seconds: float) -> None:
+    def end_epoch(self, train_set: Dataset, val_set: Dataset | None, logger: MetricsLogger,
+                  show: bool, seconds: float, signals: StopSignals) -> bool:
         """Close the finished epoch: BatchNorm recalibration and evaluation if asked, its
-        history row (accuracies as fractions) logged, ``last.pt`` and, if it improved,
-        ``best.pt`` written."""
-        config, result = self.config, self.result
-        loss_sum, correct, n = sums
-        row = {"epoch": self.epoch, "step": result.steps,
+        history row (accuracies as fractions) logged, the position moved to the next epoch,
+        ``last.pt`` and, if it improved, ``best.pt`` written. ``False`` (nothing changed) when
+        a signal interrupted the evaluation."""
+        result = self.result
+        loss_sum, correct, n = self.sums.tolist()
+        row = {"epoch": self.epoch + 1, "step": result.steps,
                "train_loss": loss_sum / max(1, n), "train_top1": correct / max(1, n),
                "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
-        if config.bn_recalibration:
-            recalibrate_batchnorm(self.model, train_set, config.bn_recalibration,
-                                  config.batch_size, self.device, self.channels_last)
-        if val_set is not None:
-            metrics = evaluate(self.model, val_set, batch_size=config.eval_batch_size,
-                               device=self.device, workers=config.workers, progress=show,
-                               channels_last=self.channels_last)
+        before = rng_state()  # evaluation draws from the global RNG (its loader's seed)
+        finished, metrics = signals.interruptibly(lambda: self._evaluate(train_set, val_set, show))
+        if not finished:  # back to just before evaluation, the position last.pt will hold
+            set_rng_state(before)
+            return False
+        if metrics is not None:
             row |= {"val_loss": metrics.loss, "val_top1": metrics.top1, "val_top5": metrics.top5}
         result.history.append(row)
         logger.log(row)
         improved = row.get("val_top1", -1.0) > result.best_top1
         result.best_top1 = max(result.best_top1, row.get("val_top1", 0.0))
-        result.last_checkpoint = self.checkpoint("last.pt", 0)
+        self.epoch, self.skip = self.epoch + 1, 0
+        self.sums = torch.zeros_like(self.sums)
+        result.last_checkpoint = self.checkpoint("last.pt")
         if improved and self.rank == 0:
-            result.best_checkpoint = self.checkpoint("best.pt", 0)
+            result.best_checkpoint = self.checkpoint("best.pt")
+        return True
+
+    def _evaluate(self, train_set: Dataset, val_set: Dataset | None, show: bool
+                  ) -> Metrics | None:
+        config = self.config
+        if config.bn_recalibration:
+            recalibrate_batchnorm(self.model, train_set, config.bn_recalibration,
+                                  config.batch_size, self.device, self.channels_last)
+        if val_set is None:
+            return None
+        return evaluate(self.model, val_set, batch_size=config.eval_batch_size,
+                        device=self.device, workers=config.workers, progress=show,
+                        channels_last=self.channels_last)
+
+    def interrupted(self, signals: StopSignals) -> TrainingInterrupted:
+        """Write ``last.pt`` at the position reached; the exception that says so."""
+        self.result.last_checkpoint = self.checkpoint("last.pt")
+        return TrainingInterrupted(signals.received or 2, self.result.last_checkpoint,
+                                   self.result.steps)
 
 
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
@@ -301,17 +289,21 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
         a :class:`TrainResult` (accuracies as fractions in [0, 1]). Checkpoints are
         ``out_dir/last.pt`` and ``out_dir/best.pt``.
     """
+    check_fit_args(model, train_set, val_set, config)
     run = _Run(model, train_set, config, device, resume, meta)
     logger = MetricsLogger(Path(config.log_dir or run.out_dir), config.tensorboard, run.rank == 0)
     show = config.progress and run.rank == 0
     start_time = time.perf_counter()
     try:
-        while run.epoch < config.epochs:
-            sums = run.train_epoch(show)
-            if sums is None:  # max_steps reached
-                break
-            run.end_epoch(sums, train_set, val_set, logger, show,
-                          time.perf_counter() - start_time)
+        with StopSignals() as signals:
+            while run.epoch < config.epochs:
+                outcome = run.train_epoch(show, signals)
+                if outcome == "max_steps":
+                    break
+                if outcome == "signal" or not run.end_epoch(
+                        train_set, val_set, logger, show, time.perf_counter() - start_time,
+                        signals):
+                    raise run.interrupted(signals)
     finally:
         run.result.seconds += time.perf_counter() - start_time
         logger.close()
