@@ -26,13 +26,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from kdna._checks import path_arg
 from kdna._extras import require
+from kdna._files import write_atomically
 from kdna.conversion.base import conversion_record, fingerprint, state_digests, tensor_digest
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan
@@ -100,19 +100,6 @@ def _plan_json(plan: ConversionPlan) -> dict:
     return {"config": config, "layout": plan.layout, "own": list(plan.own)}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model``'s adapters, and what else differs from its base, into the folder ``path``.
 
@@ -144,8 +131,9 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
                     "count": len(tensors), "numel": sum(t.numel() for t in tensors.values())},
     }
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(folder / TENSORS_FILE, blob)
-    _write_atomically(folder / CONFIG_FILE, json.dumps(meta, indent=1).encode())
+    write_atomically(folder / TENSORS_FILE, lambda file: file.write(blob))
+    text = json.dumps(meta, indent=1).encode()
+    write_atomically(folder / CONFIG_FILE, lambda file: file.write(text))
     return folder
 
 

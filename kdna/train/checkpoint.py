@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdna._files import write_atomically
+
 __all__ = ["FORMAT", "check_writable", "load_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
 
@@ -33,17 +35,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` (plus the format marker) to ``path`` atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda file: torch.save({"format": FORMAT, **payload}, file))
 
 
 def _what_it_is(path: Path) -> str:
