@@ -6,7 +6,7 @@ Shared by :mod:`kdna.analysis.similarity` and :mod:`kdna.analysis.routing`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import device_of, eval_mode
 
-__all__ = ["detached_output", "hooked", "named_layers", "resolve_layers"]
+__all__ = ["detached_output", "hooked", "input_batches", "named_layers", "resolve_layers"]
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -82,3 +82,22 @@ def detached_output(name: str, out: object) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError(f"layer {name!r} returned a {type(out).__name__}, not a Tensor")
     return out.detach()
+
+
+def input_batches(inputs: object) -> Iterator[Tensor]:
+    """The input batches of ``inputs``: one Tensor, or an iterable of Tensors or of a data
+    loader's ``(x, y)`` (``x`` taken); a ``TypeError`` for anything else."""
+    if isinstance(inputs, Tensor):
+        yield inputs
+        return
+    if not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs must be one batch as a Tensor or an iterable of batches, got "
+                        f"{type(inputs).__name__}")
+    for item in inputs:
+        if isinstance(item, tuple | list) and item and isinstance(item[0], Tensor):
+            item = item[0]  # a data loader's (x, y)
+        if not isinstance(item, Tensor):
+            raise TypeError(f"each batch must be a Tensor or an (x, y) tuple (inputs: one batch "
+                            f"as a Tensor, or an iterable of batches), got "
+                            f"{type(item).__name__}")
+        yield item

@@ -8,14 +8,14 @@ class. Plain torch; figures live in :mod:`kdna.viz`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from kdna._checks import module_arg, positive_int
-from kdna.analysis.hooks import detached_output, hooked, resolve_layers
+from kdna.analysis.hooks import detached_output, hooked, input_batches, resolve_layers
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import children_of
 
@@ -40,22 +40,6 @@ class RoutingStats:
     variation: dict[str, float]  # name -> mean over channels of the gate's std across inputs
     specialisation: dict[str, float]  # name -> share of the gate's variance explained by class
     classes: list[int]  # the sorted class labels, one per row of mean_per_class
-
-
-def _batches(inputs: object) -> Iterator[Tensor]:
-    if isinstance(inputs, Tensor):
-        yield inputs
-        return
-    if not isinstance(inputs, Iterable):
-        raise TypeError(f"inputs must be a Tensor or an iterable of batches, got "
-                        f"{type(inputs).__name__}")
-    for item in inputs:
-        if isinstance(item, tuple | list) and item and isinstance(item[0], Tensor):
-            item = item[0]  # a data loader's (x, y)
-        if not isinstance(item, Tensor):
-            raise TypeError(f"each batch must be a Tensor or an (x, y) tuple, got "
-                            f"{type(item).__name__}")
-        yield item
 
 
 def capture_routing(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple], *,
@@ -86,7 +70,7 @@ def capture_routing(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
     gate_modules = {name: child.gate for name, child in children.items()}
     batches = 0
     with hooked(model, gate_modules, record) as device:
-        for batch in _batches(inputs):
+        for batch in input_batches(inputs):
             out = model(batch.to(device))
             batches += 1
             if logits is not None and isinstance(out, Tensor):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from kdna._checks import int_at_least, module_arg
 from kdna._extras import require
 from kdna.analysis.cka import MIN_SAMPLES, CKAAccumulator, hsic
-from kdna.analysis.hooks import detached_output, hooked, resolve_layers
+from kdna.analysis.hooks import detached_output, hooked, input_batches, resolve_layers
 from kdna.nn.conv import ChildConv2d, KernelChild
 from kdna.nn.linear import ChildLinear
 
@@ -214,13 +214,7 @@ def _minibatches(inputs: object, batch_size: int) -> Iterator[Tensor]:
         # near-equal chunks, so that no minibatch is left with a handful of samples
         yield from torch.tensor_split(inputs, max(1, math.ceil(len(inputs) / batch_size)))
         return
-    if not isinstance(inputs, Iterable):
-        raise TypeError(f"inputs must be one batch as a Tensor or an iterable of batches, got "
-                        f"{type(inputs).__name__}")
-    for item in inputs:
-        if isinstance(item, tuple | list) and item and isinstance(item[0], Tensor):
-            item = item[0]  # a data loader's (x, y)
-        yield _check_batch(item)
+    yield from input_batches(inputs)
 
 
 def cka_matrices(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
@@ -243,7 +237,7 @@ def cka_matrices(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
     module_arg("model", model)
     batch_size = int_at_least("batch_size", batch_size, MIN_SAMPLES[True])
     resolved = resolve_layers(model, layers, lambda m: isinstance(m, KernelChild)
-                        or (isinstance(m, nn.Conv2d) and m.groups == 1))
+                              or (isinstance(m, nn.Conv2d) and m.groups == 1))
     if not resolved:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d with groups=1 and no "
                          "KernelDNA child; name the layers to compare")
