@@ -29,10 +29,12 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	echo "chromium could not be installed: the browser test will be skipped"
 
-## test: lint, unit tests and the notebooks (nbval) in one pytest run
+## test: lint, unit tests and the notebooks (nbval) in one pytest run, with a fresh, empty cache
+## root (KDNA_CACHE, removed afterwards) so that nothing passes on results an earlier run cached
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+	KDNA_CACHE=$$cache $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 ## lab: JupyterLab on notebooks/, on 127.0.0.1 only, with token authentication
 lab: $(STAMP)

@@ -5,7 +5,8 @@ the plain pretrained network trained fully (the baseline), the KernelDNA-convert
 trained adapters-only (`kdna.adapter_only`), and the converted network trained fully.
 Steps run as `kdna.train.fit` runs them: bf16 autocast and channels-last on CUDA.
 Ratios are to the baseline measured in the same run. Writes
-benchmarks/results/finetune-<device>.md and .csv.
+benchmarks/results/finetune-speed-<device>.md and .csv (``benchmarks/finetune.py`` writes the
+accuracy comparison, finetune-<device>.md).
 
     python benchmarks/finetune_speed.py                 # CPU: batch 32 at 64x64
     python benchmarks/finetune_speed.py --batch-size 128 --image-size 224   # GPU sizes
@@ -109,7 +110,7 @@ def main() -> None:
     name = device_name(device)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / f"finetune-{slug}.csv", "w", newline="") as f:
+    with open(args.out / f"finetune-speed-{slug}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -123,7 +124,7 @@ def main() -> None:
     lines += [f"| {r['arch']} | {r['variant']} | {r['trainable']:,} | {r['parameters']:,} | "
               f"{r['ms_per_step']} ± {r['spread_ms']} | {r['steps_per_second']} | "
               f"{r['speed_vs_baseline']}x |" for r in rows]
-    (args.out / f"finetune-{slug}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"finetune-speed-{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,8 +14,11 @@ from kdna.conversion import (
     ConvertConfig,
     TrainableCount,
     adapter_only,
+    apply_plan,
     convert,
+    distill,
     load_adapters,
+    plan_by_damage,
     save_adapters,
 )
 from kdna.models import create_model, list_models
@@ -47,12 +50,15 @@ __all__ = [
     "TrainableCount",
     "__version__",
     "adapter_only",
+    "apply_plan",
     "convert",
     "count_parameters",
     "create_model",
+    "distill",
     "fold",
     "list_models",
     "load_adapters",
+    "plan_by_damage",
     "save_adapters",
     "unfold",
 ]

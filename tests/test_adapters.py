@@ -245,3 +245,12 @@ def test_trainable_norms_and_head_are_saved_even_before_they_move(tmp_path, batc
     with torch.no_grad():
         torch.testing.assert_close(load_adapters(fresh, tmp_path)(batch), model(batch),
                                    atol=0, rtol=0)
+
+
+def test_peft_still_refuses_a_method_from_outside_its_own_enum():
+    """Why KernelDNA is not a peft method (the README says so): peft's register_peft_method
+    accepts only names already in its closed PeftType enum. When this fails, peft has opened
+    registration, and KernelDNA adapters can become a peft method."""
+    peft_types = pytest.importorskip("peft.utils")
+    with pytest.raises(ValueError, match="Unknown PEFT type KERNELDNA"):
+        peft_types.register_peft_method(name="kerneldna", config_cls=object, model_cls=object)

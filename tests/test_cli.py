@@ -7,10 +7,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from kdna.cli import main, parser
+from kdna.cli.demo import BASELINE, BEST, COMMITTED, PROTOCOL
+from kdna.train.comparison import read_csv
 
 REFERENCE = ["--data", "some/dir", "--ckpt_dir", "c", "--log_dir", "l", "--arch", "resnet50",
              "--customize", "--pretrained", "--epochs", "3", "--warmup-epochs", "1",
@@ -80,19 +83,42 @@ def test_bad_combinations_are_clear_errors(capsys):
         assert re.search(message, err) and err.startswith("kdna: error: ")
 
 
-def test_the_demo_runs_and_writes_its_report(tmp_path, capsys):
+def test_the_demo_trains_both_ways_and_writes_its_report(tmp_path, capsys):
     main(["demo", "--out", str(tmp_path), "--epochs", "1", "--limit", "256", "--image-size",
           "32", "--no-progress"])
     report = (tmp_path / "report.md").read_text()
-    assert "| validation top-1 after 1 epochs" in report and capsys.readouterr().out
+    assert capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 0 <= summary["val_top1"] <= 1  # a fraction in summary.json, a percentage in the report
-    assert f"steps) | {summary['val_top1']:.1%} |" in report
-    assert summary["parameters_kernel_dna"] < summary["parameters_pretrained"]
-    assert summary["trainable"] < summary["parameters_kernel_dna"]
-    assert {"metrics.csv", "last.pt", "best.pt", "routing.html"} <= {
-        p.name for p in tmp_path.iterdir()}
-    assert "Routing: " in report and "plotly" in (tmp_path / "routing.html").read_text()
+    methods = summary["methods"]
+    assert set(methods) == {BEST, BASELINE}  # the adapters and the baseline, in one run
+    for name, row in methods.items():
+        assert 0 <= row["test_top1"] <= 1  # a fraction in summary.json, a percentage below
+        assert f"| {row['lr']:g} | {100 * row['test_top1']:.1f}% |" in report, name
+        assert row["lr"] == COMMITTED[name]["lr"]
+    assert methods[BEST]["trainable"] > methods[BASELINE]["trainable"]
+    assert f"What the adapters add: **{summary['adds_points']:+.1f} points**" in report
+    assert {"summary.json", "adapters", "routing.html"} <= {p.name for p in tmp_path.iterdir()}
+    page = (tmp_path / "routing.html").read_text()
+    assert "Routing: " in report and "plotly" in page
+    assert '"ticktext":["0","1","2","3","4","5","6","7","8","9"]' in page  # each band labelled
+    assert "grouped by their label" in page
+
+
+def test_the_demo_quotes_the_committed_benchmark_and_its_best_kernel_dna_way():
+    root = Path(__file__).resolve().parents[1]
+    rows = read_csv(root / COMMITTED["source"].replace(".md", ".csv"))
+    mnist = {r["method"]: r for r in rows if r["data"] == "mnist"}
+    ran = [mnist[m] for m in ("kdna_static", "kdna_gates_4", "kdna_gates_16")
+           if not (mnist[m]["same_as"] or mnist[m]["error"])]
+    assert BEST == max(ran, key=lambda r: r["test_top1_mean"])["method"]
+    for name in (BEST, BASELINE):
+        row = mnist[name]
+        assert COMMITTED[name]["lr"] == row["lr"] and COMMITTED[name]["seeds"] == row["seeds"]
+        assert COMMITTED[name]["mean"] == pytest.approx(row["test_top1_mean"], abs=5e-4)
+        assert COMMITTED[name]["std"] == pytest.approx(row["test_top1_std"], abs=5e-4)
+    assert COMMITTED["device"] == rows[0]["device"]
+    assert (PROTOCOL.image_size, PROTOCOL.steps, PROTOCOL.batch_size) == (
+        rows[0]["image_size"], rows[0]["steps"], rows[0]["batch_size"])
 
 
 def test_python_dash_m_kdna_is_the_same_command():

@@ -17,7 +17,7 @@ from kdna.conversion import ConversionPlan, apply_plan, plan_conversion
 from kdna.models.layout import apply_layout
 
 FIELDS = ("groups", "include", "exclude", "parent_rule", "gate_reduction", "gate_form",
-          "fit_scales", "fit_steps", "share", "gate_max_hidden")
+          "fit_scales", "fit_steps", "share", "gate_max_hidden", "parent_init", "residual_rank")
 
 
 def _net(seed: int = 0) -> nn.Sequential:
@@ -64,7 +64,8 @@ def _values(config: ConvertConfig) -> dict:
 
 def test_presets_have_the_documented_values():
     common = {"groups": None, "include": None, "exclude": None, "gate_reduction": "auto",
-              "fit_steps": 10, "share": True, "gate_max_hidden": None}
+              "fit_steps": 10, "share": True, "gate_max_hidden": None, "parent_init": "member",
+              "residual_rank": 0}
     assert _values(ConvertConfig.pretrained()) == {
         **common, "parent_rule": "most_similar", "gate_form": "identity", "fit_scales": True}
     assert _values(ConvertConfig.from_scratch()) == {

@@ -1,8 +1,12 @@
-"""Derive every notebook's Colab badge and Colab install line from pyproject's Repository URL.
+"""Derive every notebook's Colab badge and its set-up cell from pyproject.toml.
 
-The public URL lives in one place, ``[project.urls] Repository`` in pyproject.toml; a fork
-changes that line and runs ``python tools/notebook_links.py``. With ``--check`` nothing is
-written and the exit status says whether any notebook is out of date (tests run this).
+The public URL lives in one place, ``[project.urls] Repository`` in pyproject.toml, and the
+release in ``[project] version``; a fork changes those and runs
+``python tools/notebook_links.py``. Every notebook's first code cell is exactly
+:func:`setup_cell`: in Colab, a visible ``%pip install`` of the extras the notebooks use at the
+release tag, with the time it takes, and Colab's widget manager enabled for ipywidgets 8;
+elsewhere nothing. With ``--check`` nothing is written and the exit status says whether any
+notebook is out of date (tests run this).
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"']+")
-INSTALL = re.compile(r"kdna(\[[a-z,]*\])? @ git\+https://github\.com/[^\s\"'\\]+")
 # The extras a notebook needs in Colab (not `lab`: Colab brings its own Jupyter).
 COLAB_EXTRAS = "viz,analysis,export,dense,peft"
 
 
-def repository_url() -> str:
+def _project() -> dict:
     with open(ROOT / "pyproject.toml", "rb") as f:
-        url = tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
+        return tomllib.load(f)["project"]
+
+
+def repository_url() -> str:
+    url = _project()["urls"]["Repository"].rstrip("/")
     if not url.startswith("https://github.com/"):
         raise ValueError(f"Repository URL must be a https://github.com/ address, got {url!r}")
     return url
@@ -36,13 +43,36 @@ def expected_links(notebook: Path, url: str = "") -> tuple[str, str]:
     return badge, f"kdna[{COLAB_EXTRAS}] @ git+{url}"
 
 
+def setup_cell(url: str = "", version: str = "") -> str:
+    """The first code cell of every notebook (see the module docstring)."""
+    _, install = expected_links(Path("any.ipynb"), url)
+    tag = f"v{version or _project()['version']}"
+    return (
+        f"# Set-up. In Colab this installs kdna {tag} with the extras the notebooks use (about\n"
+        "# one to two minutes on a fresh runtime; pip's output stays visible) and enables the\n"
+        "# widget manager that ipywidgets 8 needs. Elsewhere it does nothing: `make lab` (or\n"
+        "# `pip install -e '.[lab]'`) has installed everything already.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install "{install}@{tag}"\n'
+        "    from google.colab import output\n"
+        "\n"
+        "    output.enable_custom_widget_manager()"
+    )
+
+
 def sync(notebook: Path, write: bool) -> bool:
-    """Rewrite the links in ``notebook``; True when something was (or would be) changed."""
+    """Rewrite the badge and the set-up cell of ``notebook``; True when something was (or
+    would be) changed."""
     text = notebook.read_text()
-    badge, install = expected_links(notebook)
-    new = INSTALL.sub(install, BADGE.sub(badge, text))
+    badge, _ = expected_links(notebook)
+    data = json.loads(BADGE.sub(badge, text))
+    code = [c for c in data["cells"] if c["cell_type"] == "code"]
+    if code:
+        code[0]["source"] = setup_cell().splitlines(True)
+    new = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
     if write and new != text:
-        json.loads(new)  # still a valid notebook
         notebook.write_text(new)
     return new != text
 

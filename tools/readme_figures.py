@@ -45,12 +45,12 @@ def routing_example() -> go.Figure:
     from torch.utils.data import DataLoader
 
     from kdna.analysis import capture_routing, routing_statistics
-    from kdna.data import load_data
+    from kdna.data import cache_root, load_data
     from kdna.models import efficientnet_lite
     from kdna.train.checkpoint import load_checkpoint
     from kdna.viz import routing_heatmap
 
-    state = load_checkpoint(ROOT / "data" / "cache" / "05_routing" / "last.pt")
+    state = load_checkpoint(cache_root("05_routing", "last.pt"))
     model = kdna.create_model("efficientnet_lite0", kernel_dna=False, num_classes=10)
     kdna.convert(model, groups=state["meta"]["layout"])
     model.load_state_dict(state["model"])

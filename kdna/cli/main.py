@@ -77,7 +77,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     _add(g, "--dummy", action="store_true", help="a small synthetic data set (smoke test)")
     _add(g, "--image-size", type=int, default=None, help="input size (default 224; 64 dummy)")
     _add(g, "--limit", type=int, default=None, help="at most this many samples per split")
-    _add(g, "-j", "--workers", type=int, default=4, help="data loading workers")
+    _add(g, "-j", "--workers", type=int, default=None,
+         help="data loading workers (default: 0 on a CPU, min(4, CPUs - 1) on CUDA)")
     _add(g, "-b", "--batch-size", type=int, default=256)
     _add(g, "--bad-images", choices=("error", "skip"), default="error",
          help="an unreadable image in a folder: stop with its path (error) or leave it out")
@@ -131,11 +132,13 @@ def parser() -> argparse.ArgumentParser:
     metrics.configure(sub.add_parser(
         "metrics", help="parameters, MACs, latency, throughput; --compare for the speed table"),
         _add)
-    demo = sub.add_parser("demo", help="the main job offline: convert EfficientNet-Lite0, "
-                          "fine-tune its adapters on MNIST, report")
+    demo = sub.add_parser("demo", help="the main job offline: KernelDNA adapters on the "
+                          "pretrained EfficientNet-Lite0, beside norms + head, on MNIST; report")
     _add(demo, "--out", default="runs/demo")
-    _add(demo, "--epochs", type=int, default=4)
-    _add(demo, "--image-size", type=int, default=64)
+    _add(demo, "--epochs", type=int, default=None,
+         help="passes over the training split (default: the benchmark protocol's steps)")
+    _add(demo, "--image-size", type=int, default=None,
+         help="input size (default: the benchmark protocol's, 32)")
     _add(demo, "--limit", type=int, default=None, help="at most this many samples per split")
     _add(demo, "--no-progress", action="store_true")
     check = sub.add_parser("check-data", help="read every image of a folder once and list "

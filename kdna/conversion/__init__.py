@@ -7,17 +7,23 @@
   changing nothing) then :func:`apply_plan` (building the children and fitting their scales);
 * :class:`ConversionReport` (:mod:`kdna.conversion.report`): what it changed;
 * :func:`adapter_only` (:mod:`kdna.conversion.freeze`): train only what KernelDNA added;
+* sharing with recovery: new parents (:mod:`kdna.conversion.parents`, ``parent_init=``),
+  :func:`plan_by_damage` (:mod:`kdna.conversion.budget`: a saving reached by sharing what
+  hurts least) and :func:`distill` (:mod:`kdna.conversion.recovery`: training a shared network
+  back towards its original on unlabeled images);
 * :func:`save_adapters` / :func:`load_adapters` (:mod:`kdna.conversion.adapters`): adapter
   files, only what differs from the base network;
-* :mod:`kdna.conversion.peft_method`: KernelDNA adapters as a peft method (needs the ``peft``
-  extra; imported only when used).
+* not a peft method: peft's ``register_peft_method`` accepts only names in its closed
+  ``PeftType`` enum (``tests/test_adapters.py`` checks that this still holds).
 """
 
 from kdna.conversion.adapters import load_adapters, save_adapters
+from kdna.conversion.budget import DamagePlan, LayerDamage, plan_by_damage
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan, convert
 from kdna.conversion.freeze import TrainableCount, adapter_only
 from kdna.conversion.plan import ConversionPlan, plan_conversion, select_layers
+from kdna.conversion.recovery import DistillResult, distill, recovery_blocks
 from kdna.conversion.report import (
     Agreement,
     ChildFit,
@@ -28,6 +34,7 @@ from kdna.conversion.report import (
 )
 
 __all__ = ["Agreement", "ChildFit", "ConversionPlan", "ConversionReport", "ConvertConfig",
-           "LayerAdapter", "SharedGroup", "TrainableCount", "adapter_only", "agreement",
-           "apply_plan", "convert", "load_adapters", "plan_conversion", "save_adapters",
-           "select_layers"]
+           "DamagePlan", "DistillResult", "LayerAdapter", "LayerDamage", "SharedGroup",
+           "TrainableCount", "adapter_only", "agreement", "apply_plan", "convert", "distill",
+           "load_adapters", "plan_by_damage", "plan_conversion", "recovery_blocks",
+           "save_adapters", "select_layers"]

@@ -32,13 +32,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kdna._checks import one_of, positive_int
+from kdna._checks import int_at_least, one_of, positive_int
+from kdna.conversion.parents import PARENT_INITS
 from kdna.nn.gate import GateForm
 
-__all__ = ["GATE_FORMS", "PARENT_RULES", "ConvertConfig", "Groups", "ParentRule",
+__all__ = ["GATE_FORMS", "PARENT_RULES", "ConvertConfig", "Groups", "ParentInit", "ParentRule",
            "resolve_config"]
 
 ParentRule = Literal["most_similar", "first", "last"]
+ParentInit = Literal["member", "mean", "lsq"]
 Groups = Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
 PARENT_RULES: tuple[str, ...] = ("most_similar", "first", "last")
 GATE_FORMS: tuple[str, ...] = ("identity", "paper")
@@ -123,6 +125,15 @@ class ConvertConfig:
     # A cap on each gate's hidden width (the reduction ratio is raised where C / r would
     # exceed it); None: no cap.
     gate_max_hidden: int | None = None
+    # Each shared group's parent: "member" (the member parent_rule picks, kept as it is; the
+    # others become its children), or a new kernel made from every member, all of which then
+    # become children: "mean" (the aligned mean) or "lsq" (a least-squares fit to all of
+    # them); see kdna.conversion.parents. parent_rule then picks the reference member.
+    parent_init: ParentInit = "member"
+    # Relaxed children: each shared child gets a low-rank residual of this rank, initialised
+    # by a truncated SVD of what its scales cannot express (kdna.nn.relax) and folded into its
+    # static kernel for inference; 0: none. Shared children only (share=True).
+    residual_rank: int = 0
 
     def __post_init__(self) -> None:
         include, exclude = _names("include", self.include), _names("exclude", self.exclude)
@@ -144,6 +155,13 @@ class ConvertConfig:
                             f"place, each layer on its own kernel), got {self.share!r}")
         if self.gate_max_hidden is not None:
             positive_int("gate_max_hidden", self.gate_max_hidden)
+        one_of("parent_init", self.parent_init, PARENT_INITS)
+        int_at_least("residual_rank", self.residual_rank, 0)
+        if not self.share and (self.parent_init != "member" or self.residual_rank):
+            raise ValueError("parent_init and residual_rank shape shared groups; with "
+                             "share=False (adapters in place) nothing is shared (got "
+                             f"parent_init={self.parent_init!r}, "
+                             f"residual_rank={self.residual_rank!r})")
         if not self.share and groups is not None:
             raise ValueError("groups name layers that share a parent; with share=False (adapters "
                              "in place) there is no sharing: use include/exclude to choose the "

@@ -11,7 +11,10 @@ bad rule fails before anything changed):
    becomes a child of the parent (:class:`~kdna.nn.ChildConv2d` or
    :class:`~kdna.nn.ChildLinear`) with the config's gate (``gate_form="identity"``: exactly 1
    at initialisation), its old bias, and static scales fitted by least squares to the kernel it
-   replaces (``fit_scales=True``) or left at zero.
+   replaces (``fit_scales=True``) or left at zero. With ``parent_init="mean"`` or ``"lsq"``
+   the parent is a new kernel made from every member (:mod:`kdna.conversion.parents`) and every
+   member becomes its child; with ``residual_rank=r`` each child also gets a rank-r residual
+   for what its scales cannot express (:func:`kdna.nn.relax`).
 
 The policy lives in one :class:`~kdna.conversion.config.ConvertConfig`; its presets name the
 settings for pretrained weights (the default), training from scratch, and fixed layouts.
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from kdna._checks import module_arg
 from kdna.conversion.base import record_conversion, state_digests
 from kdna.conversion.config import ConvertConfig, resolve_config
+from kdna.conversion.parents import shared_parent
 from kdna.conversion.plan import (
     ConversionPlan,
     adapter_size,
@@ -43,6 +47,7 @@ from kdna.conversion.plan import (
     in_place_reduction,
     plan_conversion,
     probe,
+    residual_rank,
 )
 from kdna.conversion.report import (
     ChildFit,
@@ -51,10 +56,11 @@ from kdna.conversion.report import (
     SharedGroup,
     agreement,
 )
-from kdna.nn.conv import ChildConv2d, KernelChild
+from kdna.nn.conv import ChildConv2d, KernelChild, ParentKernel
 from kdna.nn.fitting import fit_scales
 from kdna.nn.gate import GateForm
 from kdna.nn.linear import ChildLinear
+from kdna.nn.residual import relax, residual_size
 from kdna.nn.utils import count_parameters, replace_module
 
 __all__ = ["apply_plan", "convert"]
@@ -73,18 +79,21 @@ def _make_child(module: nn.Module, parent: nn.Module, reduction: int | None,
 
 
 @torch.no_grad()
-def _adopt(child: KernelChild, module: nn.Module, fit: bool, steps: int) -> float:
-    """Initialise ``child`` to reproduce ``module``: copy its bias, fit its scales."""
+def _adopt(child: KernelChild, module: nn.Module, config: ConvertConfig, fit: bool) -> float:
+    """Initialise ``child`` to reproduce ``module``: copy its bias, fit its scales (``fit``)
+    and give it the config's residual; the relative error left (``nan`` without a fit)."""
     if module.bias is not None:
         child.bias.copy_(module.bias)
     child.train(module.training)
-    if not fit:
-        return float("nan")
-    f, s, error = fit_scales(module.weight, child.parent.weight,
-                             spatial=child.spatial_scale is not None, steps=steps)
-    child.filter_scale.copy_(f.view_as(child.filter_scale))
-    if child.spatial_scale is not None:
-        child.spatial_scale.copy_(s.view_as(child.spatial_scale))
+    error = float("nan")
+    if fit:
+        f, s, error = fit_scales(module.weight, child.parent.weight,
+                                 spatial=child.spatial_scale is not None, steps=config.fit_steps)
+        child.filter_scale.copy_(f.view_as(child.filter_scale))
+        if child.spatial_scale is not None:
+            child.spatial_scale.copy_(s.view_as(child.spatial_scale))
+    if config.residual_rank:
+        error = relax(child, residual_rank(module, config.residual_rank), module.weight)
     return error
 
 
@@ -106,20 +115,46 @@ def _check_fits(plan: ConversionPlan, layers: dict[str, nn.Module]) -> None:
                              f"kernel shapes {shapes}, one shape expected")
 
 
+def _new_parent(layers: dict[str, nn.Module], names: list[str], config: ConvertConfig
+                ) -> nn.Module:
+    """A parent kernel made from every member of a group (``config.parent_init``), with the
+    first of ``names`` as the reference."""
+    weights = [layers[n].weight for n in names]
+    reference = layers[names[0]]
+    kernel = shared_parent(weights, config.parent_init, steps=config.fit_steps, reference=0,
+                           spatial=weights[0].dim() == 4 and weights[0].shape[2:] != (1, 1))
+    if isinstance(reference, nn.Conv2d):
+        parent = ParentKernel(reference.in_channels, reference.out_channels,
+                              reference.kernel_size, reference.groups,
+                              device=kernel.device, dtype=kernel.dtype)
+    else:
+        parent = nn.Linear(reference.in_features, reference.out_features, bias=False,
+                           device=kernel.device, dtype=kernel.dtype)
+    with torch.no_grad():
+        parent.weight.copy_(kernel)
+    parent.weight.requires_grad_(reference.weight.requires_grad)
+    return parent
+
+
 def _share(model: nn.Module, layers: dict[str, nn.Module], parent_name: str,
            child_names: list[str], config: ConvertConfig) -> SharedGroup:
-    """Replace each of ``child_names`` by a child of ``parent_name``; the group's report."""
-    parent = layers[parent_name]
-    fits, saved = [], 0
-    for name in child_names:
+    """Replace each of ``child_names`` by a child of ``parent_name`` (or, with a new parent,
+    every member by a child of that); the group's report."""
+    new = config.parent_init != "member"
+    parent = _new_parent(layers, [parent_name, *child_names], config) if new \
+        else layers[parent_name]
+    members = [parent_name, *child_names] if new else child_names
+    fits, saved = [], -parent.weight.numel() if new else 0
+    for name in members:
         module = layers[name]
         reduction = gate_reduction_for(module, config.gate_reduction, config.gate_max_hidden)
         child = _make_child(module, parent, reduction, config.gate_form)
-        fits.append(ChildFit(name, _adopt(child, module, config.fit_scales, config.fit_steps)))
-        saved += module.weight.numel() - adapter_size(module, reduction)
+        fits.append(ChildFit(name, _adopt(child, module, config, config.fit_scales)))
+        saved += module.weight.numel() - adapter_size(module, reduction) - residual_size(
+            module.weight.shape, residual_rank(module, config.residual_rank))
         replace_module(model, name, child)
     return SharedGroup(parent_name, tuple(fits), "conv" if parent.weight.dim() == 4 else "linear",
-                       tuple(parent.weight.shape), saved)
+                       tuple(parent.weight.shape), saved, config.parent_init)
 
 
 def _adapt_in_place(model: nn.Module, layers: dict[str, nn.Module], names: list[str],
@@ -131,7 +166,7 @@ def _adapt_in_place(model: nn.Module, layers: dict[str, nn.Module], names: list[
         module = layers[name]
         reduction = in_place_reduction(module, config)
         child = _make_child(module, module, reduction, config.gate_form)
-        _adopt(child, module, False, config.fit_steps)
+        _adopt(child, module, config, False)
         depthwise = (isinstance(module, nn.Conv2d) and module.groups > 1
                      and module.weight.shape[1] == 1)
         kind = "linear" if isinstance(module, nn.Linear) else "depthwise" if depthwise else "conv"
@@ -190,7 +225,8 @@ def convert(model: nn.Module, config: ConvertConfig | None = None, *,
             to measure how closely the converted outputs agree with the original ones.
         **overrides: fields of the config to change for this call: ``groups``, ``include``,
             ``exclude``, ``parent_rule``, ``gate_reduction``, ``gate_form``, ``fit_scales``,
-            ``fit_steps`` (see :class:`~kdna.conversion.config.ConvertConfig`). ``parent=`` and
+            ``fit_steps``, ``share``, ``gate_max_hidden``, ``parent_init``, ``residual_rank``
+            (see :class:`~kdna.conversion.config.ConvertConfig`). ``parent=`` and
             ``fit=`` still work, as deprecated names of ``parent_rule=`` and ``fit_scales=``.
 
     Returns:

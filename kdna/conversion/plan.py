@@ -43,11 +43,12 @@ from kdna._checks import module_arg
 from kdna.conversion.config import ConvertConfig, Groups, resolve_config
 from kdna.nn.conv import KernelChild
 from kdna.nn.gate import ChannelGate
+from kdna.nn.residual import residual_size
 from kdna.nn.utils import count_parameters
 
 __all__ = ["ConversionPlan", "adapter_size", "candidate_layers", "check_not_converted",
            "gate_reduction_for", "in_place_reduction", "plan_conversion", "probe",
-           "select_layers"]
+           "residual_rank", "select_layers"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,13 @@ def adapter_size(module: nn.Module, reduction: int | None) -> int:
     return size
 
 
+def residual_rank(module: nn.Module, rank: int) -> int:
+    """The residual rank a shared child of ``module`` gets: ``rank``, at most the kernel's
+    ``min(C_out, C_in / groups * kh * kw)``."""
+    weight = module.weight
+    return min(rank, weight.shape[0], weight[0].numel())
+
+
 def _choose_parent(members: list[str], layers: dict[str, nn.Module], rule: str) -> str:
     if rule == "first":
         return members[0]
@@ -251,6 +259,8 @@ def _automatic_groups(model: nn.Module, layers: dict[str, nn.Module],
         module = layers[members[0]]
         adapter = adapter_size(module, gate_reduction_for(module, config.gate_reduction,
                                                           config.gate_max_hidden))
+        adapter += residual_size(module.weight.shape,
+                                 residual_rank(module, config.residual_rank))
         if adapter >= module.weight.numel():
             skipped.append((tuple(members), f"an adapter ({adapter:,} parameters) would "
                             f"not be smaller than the kernel ({module.weight.numel():,})"))

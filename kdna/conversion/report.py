@@ -36,6 +36,14 @@ class SharedGroup:
     kind: str  # "conv" or "linear"
     shape: tuple[int, ...]  # the shared kernel's shape
     params_saved: int
+    # "member": ``parent`` is the member kept as it is; "mean" / "lsq": a new parent kernel,
+    # every member (``parent``, the reference, included) is one of ``children``
+    parent_init: str = "member"
+
+    @property
+    def child_names(self) -> list[str]:
+        """The members other than ``parent``: what ``groups={parent: child_names}`` takes."""
+        return [c.name for c in self.children if c.name != self.parent]
 
     @property
     def mean_fit_error(self) -> float:
@@ -61,15 +69,19 @@ class Agreement:
     samples: int
     top1: float  # fraction of inputs whose arg-max class is unchanged
     logit_error: float  # ||new - old|| / ||old|| over the whole output
+    kl: float = float("nan")  # mean KL(softmax(old) || softmax(new)) per input, in nats
 
 
 def agreement(before: Tensor, after: Tensor) -> Agreement:
-    """Compare two outputs of shape ``[batch, classes, ...]`` (arg-max over dim 1)."""
+    """Compare two outputs of shape ``[batch, classes, ...]`` (arg-max and softmax over
+    dim 1)."""
     before, after = before.detach().float(), after.detach().float()
     top1 = (before.argmax(dim=1) == after.argmax(dim=1)).float().mean().item()
     error = (torch.linalg.vector_norm(after - before)
              / torch.linalg.vector_norm(before).clamp_min(1e-12)).item()
-    return Agreement(samples=before.shape[0], top1=top1, logit_error=error)
+    old, new = before.log_softmax(dim=1), after.log_softmax(dim=1)
+    kl = (old.exp() * (old - new)).sum(dim=1).mean().item()
+    return Agreement(samples=before.shape[0], top1=top1, logit_error=error, kl=kl)
 
 
 @dataclass
@@ -97,7 +109,7 @@ class ConversionReport:
     def layout(self) -> dict[str, list[str]]:
         """``parent -> children`` names: pass as ``convert(model, groups=report.layout)`` to
         give a fresh copy of the architecture the same structure (e.g. to load a state_dict)."""
-        return {g.parent: [c.name for c in g.children] for g in self.groups}
+        return {g.parent: g.child_names for g in self.groups}
 
     @property
     def children(self) -> list[str]:
@@ -120,7 +132,7 @@ class ConversionReport:
         if self.agreement is not None:
             a = self.agreement
             lines.append(f"\nOutputs on {a.samples} inputs: top-1 agreement {100 * a.top1:.1f}%, "
-                         f"relative logit error {a.logit_error:.3f}")
+                         f"relative logit error {a.logit_error:.3f}, KL {a.kl:.3f} nats")
         if self.adapters:
             lines += self._adapter_lines()
         if self.groups:

@@ -7,9 +7,12 @@ downloads that happen only when asked for.
 * :func:`scan_images`, :class:`BadImageError` (:mod:`kdna.data.imagefiles`): unreadable
   images, named with their path and reason;
 * :func:`probe_images` (:mod:`kdna.data.probe`): diverse offline images for analyses;
-* :func:`require_online` (:mod:`kdna.data.online`): fail at once, offline, with the way out.
+* :func:`require_online` (:mod:`kdna.data.online`): fail at once, offline, with the way out;
+* :func:`cache_root` (:mod:`kdna.data.cache`): the one cache folder, ``$KDNA_CACHE`` or
+  ``~/.cache/kdna``, never relative to the working directory.
 """
 
+from kdna.data.cache import cache_root
 from kdna.data.classification import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,4 +25,5 @@ from kdna.data.online import require_online
 from kdna.data.probe import ProbeImages, probe_images
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BadImageError", "DataSplits", "ProbeImages",
-           "list_datasets", "load_data", "probe_images", "require_online", "scan_images"]
+           "cache_root", "list_datasets", "load_data", "probe_images", "require_online",
+           "scan_images"]

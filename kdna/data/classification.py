@@ -8,7 +8,8 @@
 * a folder in ImageFolder layout: ``train/`` and ``val/`` that each hold one folder of images
   per class (the ImageNet layout), or the class folders alone;
 * an online torchvision set, ``"cifar10"``, ``"flowers102"`` or ``"pets"``, cached under
-  ``root``; offline and not cached, it fails at once with a ``ConnectionError``.
+  ``root`` (default: :func:`kdna.data.cache.cache_root`); offline and not cached, it fails at
+  once with a ``ConnectionError``.
 
 Names win over paths (a folder called ``mnist`` is ``"./mnist"``). Every item is
 ``(image, label)``: a float32 ``[channels, image_size, image_size]`` tensor normalised with
@@ -34,6 +35,7 @@ from torchvision import datasets
 
 from kdna._checks import int_at_least, one_of, path_arg, positive_int
 from kdna._extras import require
+from kdna.data.cache import resolve_root
 from kdna.data.imagefiles import drop_bad_images, read_image
 from kdna.data.online import require_online
 from kdna.data.splits import SplitView, balanced_subset, stratified_split
@@ -230,7 +232,7 @@ def _unknown(source: str) -> ValueError:
 def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
               mean=IMAGENET_MEAN, std=IMAGENET_STD, val_fraction: float = 0.2, seed: int = 0,
               augment: bool = True, limit: int | None = None, download: bool = True,
-              root: str | Path = "data/cache", bad_images: str = "error") -> DataSplits:
+              root: str | Path | None = None, bad_images: str = "error") -> DataSplits:
     """Train and validation sets of ``source``: a data set name (:func:`list_datasets`) or a
     folder path. See the module docstring.
 
@@ -243,7 +245,8 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
         augment: random training transforms; False gives the eval transforms to both splits.
         limit: at most this many samples per split, with the class proportions kept.
         download: whether an online set that is not cached may be downloaded.
-        root: the cache folder of the online sets.
+        root: the cache folder of the online sets (``None``: :func:`kdna.data.cache.cache_root`,
+            ``$KDNA_CACHE`` or ``~/.cache/kdna``, whatever the working directory).
         bad_images: for a folder, what an unreadable image does: ``"error"`` (when it is
             reached, a :class:`kdna.data.imagefiles.BadImageError` naming it and why) or
             ``"skip"`` (every image is read once now; the bad ones are left out, with one
@@ -267,7 +270,8 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
         train_idx, val_idx = stratified_split(labels, val_fraction, seed)
         splits, name = (base, train_idx, base, val_idx, classes), key
     elif not isinstance(source, Path) and key in _ONLINE:
-        splits, name, small = _online_splits(key, Path(root), download), key, _ONLINE[key][5]
+        splits, name = _online_splits(key, resolve_root(root), download), key
+        small = _ONLINE[key][5]
     elif (path := Path(source).expanduser()).exists():
         splits, name, small = _folder_splits(path, val_fraction, seed, bad_images), str(path), False
     elif isinstance(source, Path) or os.sep in str(source) or str(source).startswith((".", "~")):

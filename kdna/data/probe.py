@@ -19,12 +19,19 @@ from torch import Tensor
 from kdna._checks import int_at_least
 from kdna._extras import require
 
-__all__ = ["PHOTOS", "ProbeImages", "probe_images"]
+__all__ = ["HELD_OUT_PHOTOS", "NATURAL_PHOTOS", "PHOTOS", "RECOVERY_PHOTOS", "ProbeImages",
+           "photo_crops", "probe_images"]
 
 # skimage.data photos inside the scikit-image wheel (colour, then grey), and scikit-learn's two
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "colorwheel", "logo", "camera", "coins", "moon",
           "page", "text", "clock", "grass", "gravel", "brick", "cell", "china", "flower")
+# the photographs among them (no rendered logo, text, page or colour wheel)
+NATURAL_PHOTOS = tuple(p for p in PHOTOS if p not in ("colorwheel", "logo", "page", "text"))
+# a split of them into disjoint photos: images to recover a shared network on, images to
+# measure it on (benchmarks/share_recovery.py, notebook 02)
+HELD_OUT_PHOTOS = ("chelsea", "rocket", "camera", "gravel", "flower")
+RECOVERY_PHOTOS = tuple(p for p in NATURAL_PHOTOS if p not in HELD_OUT_PHOTOS)
 
 
 @dataclass
@@ -66,6 +73,23 @@ def _crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(_rgb(image)).resize((size, size), Image.BILINEAR))
+
+
+def photo_crops(count: int, photos: tuple[str, ...] = NATURAL_PHOTOS, *, size: int = 224,
+                seed: int = 0) -> Tensor:
+    """``count`` random crops (10-50% of the area) of ``photos`` (names from :data:`PHOTOS`,
+    taken in turn), ``[count, 3, size, size]`` in [0, 1]; the same for the same ``seed``.
+    Crops of disjoint photo lists are disjoint data (e.g. recovery and held-out images)."""
+    count = int_at_least("count", count, 1)
+    size = int_at_least("size", size, 8)
+    unknown = [p for p in photos if p not in PHOTOS]
+    if isinstance(photos, str) or not photos or unknown:
+        raise ValueError(f"photos must be a non-empty list of names from {PHOTOS}, got "
+                         f"{photos!r}")
+    rng = np.random.default_rng(seed)
+    images = [_rgb(_photo(name)) for name in photos]
+    crops = [_crop(images[i % len(images)], size, rng) for i in range(count)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
 
 
 def probe_images(count: int = 256, *, size: int = 224, seed: int = 0) -> ProbeImages:

@@ -16,7 +16,8 @@ format::
 :meth:`ShapesDataset.segmentation` gives the semantic view ``(image, int64 [H, W] class map)``
 for a segmenter, and :func:`collate` batches detection items as lists, the way torchvision's
 detectors take them. :func:`penn_fudan` loads the Penn-Fudan pedestrians (170 photos, masks
-of 423 people) in the same format; it downloads once to ``data/cache/`` and fails at once,
+of 423 people) in the same format; it downloads once to the cache root
+(:func:`kdna.data.cache.cache_root`, ``$KDNA_CACHE`` or ``~/.cache/kdna``) and fails at once,
 naming this offline set, when the host cannot be reached.
 """
 
@@ -33,6 +34,7 @@ from torch.utils.data import Dataset
 
 from kdna._checks import int_at_least
 from kdna._extras import require
+from kdna.data.cache import resolve_root
 from kdna.data.online import require_online
 
 __all__ = ["SHAPES", "PennFudan", "SegmentationView", "ShapesDataset", "collate", "penn_fudan"]
@@ -251,13 +253,14 @@ class PennFudan(Dataset):
                 _target(masks, [1] * len(masks)))
 
 
-def penn_fudan(root: str | Path = "data/cache", *, download: bool = True) -> PennFudan:
-    """The Penn-Fudan pedestrian set (Wang, Shi et al., 2007), cached under ``root``.
+def penn_fudan(root: str | Path | None = None, *, download: bool = True) -> PennFudan:
+    """The Penn-Fudan pedestrian set (Wang, Shi et al., 2007), cached under ``root``
+    (``None``: :func:`kdna.data.cache.cache_root`).
 
     The first call downloads and extracts ``PennFudanPed.zip`` (53 MB) when ``download`` is
     true; offline, it fails at once with a ``ConnectionError`` that names the synthetic set.
     """
-    root = Path(root)
+    root = resolve_root(root)
     folder = root / "PennFudanPed"
     if not (folder / "PNGImages").is_dir():
         if not download:

@@ -6,6 +6,7 @@
 * :mod:`kdna.nn.functional`: the same maths as plain tensor functions;
 * :func:`fold` / :func:`unfold` (:mod:`kdna.nn.fold`): the deployment form and back;
 * :func:`fit_scales` (:mod:`kdna.nn.fitting`): static scales that take a parent towards a kernel;
+* :func:`relax` (:mod:`kdna.nn.residual`): a low-rank residual for what the scales cannot express;
 * :mod:`kdna.nn.utils`: finding children, swapping modules, counting parameters.
 """
 
@@ -15,6 +16,7 @@ from kdna.nn.fitting import fit_scales
 from kdna.nn.fold import FoldedNorm, fold, following_norms, unfold
 from kdna.nn.gate import ChannelGate, GateForm
 from kdna.nn.linear import ChildLinear
+from kdna.nn.residual import LowRankResidual, relax, residual_size
 from kdna.nn.utils import (
     children_of,
     count_parameters,
@@ -26,6 +28,7 @@ from kdna.nn.utils import (
 )
 
 __all__ = ["ChannelGate", "ChildConv2d", "ChildLinear", "FoldedNorm", "GateForm", "KernelChild",
-           "ParentKernel", "children_of", "count_parameters", "device_description", "device_of",
-           "eval_mode", "fit_scales", "fold", "following_norms", "functional", "head_name",
-           "replace_module", "unfold"]
+           "LowRankResidual", "ParentKernel", "children_of", "count_parameters",
+           "device_description", "device_of", "eval_mode", "fit_scales", "fold",
+           "following_norms", "functional", "head_name", "relax", "replace_module",
+           "residual_size", "unfold"]

@@ -118,7 +118,8 @@ class KernelChild(nn.Module):
     """What every child has: a borrowed parent kernel, its own adapter, a deployment cache.
 
     The adapter is ``filter_scale`` (one per output filter), ``spatial_scale`` (one per
-    kernel tap, or ``None``), an optional own ``bias`` and an optional input ``gate``.
+    kernel tap, or ``None``), an optional own ``bias``, an optional input ``gate`` and an
+    optional low-rank ``residual`` (a *relaxed* child, :func:`kdna.nn.relax`).
     Subclasses (:class:`ChildConv2d`, :class:`kdna.nn.linear.ChildLinear`) call
     :meth:`_init_adapter` and implement ``forward`` and ``fold``.
     """
@@ -128,6 +129,7 @@ class KernelChild(nn.Module):
     spatial_scale: nn.Parameter | None
     bias: nn.Parameter | None
     gate: ChannelGate | None
+    residual: nn.Module | None  # a kdna.nn.residual.LowRankResidual, given by kdna.nn.relax
 
     def _init_adapter(self, parent: nn.Module, weight: Tensor, *, in_channels: int,
                       spatial: tuple[int, int] | None, bias: bool,
@@ -147,6 +149,7 @@ class KernelChild(nn.Module):
             None if gate_reduction is None
             else ChannelGate(in_channels, gate_reduction, form=gate_form).to(**factory)
         )
+        self.residual = None
         # Deployment form, filled by fold(): the static weight (and bias, with any BatchNorm
         # folded in) computed once. Non-persistent, so state_dict is the same folded or not.
         self.register_buffer("folded_weight", None, persistent=False)
@@ -157,14 +160,18 @@ class KernelChild(nn.Module):
         return self.folded_weight is not None
 
     def static_weight(self) -> Tensor:
-        """The child's input-independent kernel ``parent * (1 + f) * (1 + s)``."""
-        return modulated_weight(self.parent.weight, self.filter_scale, self.spatial_scale)
+        """The child's input-independent kernel ``parent * (1 + f) * (1 + s)``, plus its
+        low-rank residual if it has one (:func:`kdna.nn.relax`)."""
+        weight = modulated_weight(self.parent.weight, self.filter_scale, self.spatial_scale)
+        return weight if self.residual is None else weight + self.residual()
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
-        """What this child adds to its parent: the static scales and the gate."""
+        """What this child adds to its parent: the static scales, the residual, the gate."""
         yield self.filter_scale
         if self.spatial_scale is not None:
             yield self.spatial_scale
+        if self.residual is not None:
+            yield from self.residual.parameters()
         if self.gate is not None:
             yield from self.gate.parameters()
 

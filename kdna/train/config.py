@@ -39,9 +39,12 @@ class TrainConfig:
     label_smoothing: float = 0.0     # cross-entropy label smoothing
     grad_clip: float | None = None   # clip the global gradient norm to this, if set
     amp: bool | None = None          # mixed precision; None: on when training on CUDA
-    amp_dtype: str = "bfloat16"      # "bfloat16", or "float16" (with a gradient scaler)
+    amp_dtype: str | None = None     # "bfloat16", "float16" (with a gradient scaler), or None:
+    #                                   bfloat16 from compute capability 8.0, float16 below
+    #                                   (kdna.train.devices.autocast_for)
     channels_last: bool | None = None  # NHWC memory format; None: on when training on CUDA
-    workers: int = 0                 # DataLoader worker processes (0: exact resume mid-epoch)
+    workers: int | None = None       # DataLoader worker processes; None: 0 on a CPU, up to 4
+    #                                   on CUDA (kdna.train.devices.loader_workers)
     seed: int = 0                    # data order and initial RNG state
     start_epoch: int = 0             # begin here, schedule included (ignored when resuming)
     max_steps: int | None = None     # stop after this many optimizer steps in all (budgets)
@@ -63,14 +66,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             positive_int(name, getattr(self, name))
         one_of("optimizer", self.optimizer, OPTIMIZERS)
-        one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
+        if self.amp_dtype is not None:
+            one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
         positive_float("lr", self.lr)
         non_negative_float("warmup_epochs", self.warmup_epochs)
         non_negative_float("eta_min", self.eta_min)
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not be longer than "
                              f"training (epochs={self.epochs})")
-        int_at_least("workers", self.workers, 0)
+        if self.workers is not None:
+            int_at_least("workers", self.workers, 0)
         for name in ("max_steps", "checkpoint_every"):
             optional_positive_int(name, getattr(self, name))
         if self.grad_clip is not None:

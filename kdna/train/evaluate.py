@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from kdna.nn.utils import device_of
+from kdna.train.devices import loader_options
 from kdna.train.distributed import is_distributed, rank
 
 __all__ = ["Metrics", "evaluate", "recalibrate_batchnorm"]
@@ -46,7 +47,7 @@ def device_batches(loader: DataLoader, device: torch.device, channels_last: bool
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-             device: torch.device | str | None = None, workers: int = 0,
+             device: torch.device | str | None = None, workers: int | None = None,
              progress: bool = True, channels_last: bool = False) -> Metrics:
     """Cross-entropy, top-1 and top-5 accuracy (fractions) of ``model`` on ``dataset``, in
     eval mode.
@@ -54,6 +55,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     Under ``torch.distributed`` rank ``r`` of ``w`` evaluates samples ``r, r + w, r + 2w,
     ...`` (no padding, unlike ``DistributedSampler``: every sample counts exactly once) and
     the sums are all-reduced, so every rank returns the metrics of the whole data set.
+    ``workers``: DataLoader worker processes (``None``: :func:`kdna.train.devices.loader_workers`
+    of the model's device).
     """
     if device is not None:
         model.to(device)
@@ -62,7 +65,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     if distributed:
         model = _local(model)
         dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(device, workers))
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n

@@ -2,9 +2,13 @@
 
 :func:`fit` runs SGD with momentum (or AdamW), a linear warm-up then cosine decay to
 ``eta_min`` (stepped every batch), optional label smoothing and gradient clipping, and on a
-GPU automatic mixed precision and channels-last. It logs to CSV and TensorBoard, shows
-tqdm progress bars, and writes checkpoints that hold everything needed to resume exactly:
-model, optimizer, scheduler, gradient scaler, every RNG state and the position in the data.
+GPU automatic mixed precision (:func:`kdna.train.devices.autocast_for`: bfloat16 from compute
+capability 8.0, float16 with a gradient scaler below) and channels-last. It logs to CSV and
+TensorBoard, shows tqdm progress bars, and writes checkpoints that hold everything needed to
+resume exactly: model, optimizer, scheduler, gradient scaler, every RNG state and the position
+in the data. Data loading workers default to none on a CPU and up to four on CUDA
+(:func:`kdna.train.devices.loader_workers`); each item's random transforms are seeded from its
+place in the epoch, so a run resumes exactly with workers too.
 The optimiser and the schedule come from :mod:`kdna.train.schedule`, shared with the dense
 prediction loop. Accuracies (history rows, :attr:`TrainResult.best_top1`) are fractions in
 [0, 1].
@@ -42,12 +46,13 @@ from kdna.train.checkpoint import (
     set_rng_state,
 )
 from kdna.train.config import NonFiniteLossError, TrainConfig, TrainResult, check_fit_args
+from kdna.train.devices import autocast_for, loader_options
 from kdna.train.distributed import is_distributed
 from kdna.train.distributed import rank as process_rank
 from kdna.train.evaluate import Metrics, device_batches, evaluate, recalibrate_batchnorm
 from kdna.train.interrupt import StopSignals, TrainingInterrupted, ignore_sigint
 from kdna.train.logs import MetricsLogger
-from kdna.train.sampler import EpochSampler, epoch_seed
+from kdna.train.sampler import EpochSampler, SeededItems, SeededSampler, epoch_seed
 from kdna.train.schedule import build_optimizer, warmup_cosine
 
 __all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "TrainingInterrupted",
@@ -70,9 +75,8 @@ class _Run:
         self.config, self.meta = config, dict(meta or {})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cuda = self.device.type == "cuda"
-        self.amp = config.amp if config.amp is not None else cuda
+        self.precision = autocast_for(self.device, amp=config.amp, dtype=config.amp_dtype)
         self.channels_last = config.channels_last if config.channels_last is not None else cuda
-        self.amp_dtype = getattr(torch, config.amp_dtype)
         self.rank, self.out_dir = process_rank(), Path(config.out_dir)
         self.distributed = is_distributed()
         state = load_checkpoint(resume) if resume is not None else None  # fail before writing
@@ -88,8 +92,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
             total, round(config.warmup_epochs * self.steps_per_epoch),
             floor=config.eta_min / config.lr, offset=config.start_epoch * self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = self.precision.grad_scaler(self.device)  # disabled: a pass-through
         self.result, self.epoch, self.skip = TrainResult(), config.start_epoch, 0
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         if state is not None:
@@ -118,12 +121,17 @@ class _Run:
             self.sampler = EpochSampler(len(train_set), config.seed)
         # The loader draws its workers' base seed from its own generator, re-seeded every
         # epoch, never from the global RNG: a resumed run's RNG stream then matches an
-        # unbroken one.
+        # unbroken one. Workers seed each item from its place in the epoch (SeededItems), so
+        # random transforms do not depend on which worker reads it.
         self.loader_rng = torch.Generator()
-        self.loader = DataLoader(train_set, batch_size=config.batch_size, sampler=self.sampler,
-                                 drop_last=True, num_workers=config.workers,
-                                 pin_memory=self.device.type == "cuda",
-                                 generator=self.loader_rng, worker_init_fn=ignore_sigint)
+        options = loader_options(self.device, config.workers)
+        dataset, order = train_set, self.sampler
+        if options["num_workers"]:
+            dataset, order = SeededItems(train_set), SeededSampler(self.sampler, config.seed,
+                                                                   self.rank)
+        self.loader = DataLoader(dataset, batch_size=config.batch_size, sampler=order,
+                                 drop_last=True, generator=self.loader_rng,
+                                 worker_init_fn=ignore_sigint, **options)
         self.steps_per_epoch = len(self.sampler) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_set)} samples) is smaller than one "
@@ -133,7 +141,8 @@ class _Run:
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty: saved without a scaler (bf16 or none); start afresh
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.skip = state["epoch"], state["step_in_epoch"]
         if not 0 <= self.skip <= self.steps_per_epoch:
@@ -202,7 +211,7 @@ class _Run:
               ) -> torch.Tensor:
         """One optimiser step; ``[loss sum, correct, samples]`` of the batch."""
         config, optimizer, scaler = self.config, self.optimizer, self.scaler
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with self.precision.autocast(self.device):
             logits = self.model(images)
             loss = F.cross_entropy(logits.float(), labels,
                                    label_smoothing=config.label_smoothing)

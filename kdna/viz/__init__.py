@@ -13,6 +13,7 @@ from kdna.viz.figures import (
     image_predictions,
     kernel_family,
     layer_scores,
+    recovery_curve,
     routing_heatmap,
     routing_profile,
     similarity_heatmap,
@@ -26,5 +27,5 @@ from kdna.viz.gates import (
 
 __all__ = ["accuracy_vs_parameters", "attribution_overlay", "changed_channels_html",
            "conversion_tradeoff", "effective_kernel_figure", "fit_errors", "gate_comparison_figure",
-           "gate_figure", "image_predictions", "kernel_family", "layer_scores", "routing_heatmap",
-           "routing_profile", "similarity_heatmap"]
+           "gate_figure", "image_predictions", "kernel_family", "layer_scores", "recovery_curve",
+           "routing_heatmap", "routing_profile", "similarity_heatmap"]

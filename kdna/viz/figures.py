@@ -132,6 +132,28 @@ def conversion_tradeoff(reports: Sequence[ConversionReport], *, labels: Sequence
     return fig
 
 
+def recovery_curve(rows: Sequence[Mapping[str, float]], *,
+                   title: str = "Top-1 agreement against parameter saving, before and after "
+                                "recovery") -> go.Figure:
+    """One line per residual rank and stage: ``rows`` as ``benchmarks/share_recovery.py``
+    writes them (``rank``, ``saving``, ``top1_before``, ``top1_after``, fractions)."""
+    if not rows:
+        raise ValueError("recovery_curve needs at least one row of the sharing benchmark")
+    fig = go.Figure()
+    for rank in sorted({int(r["rank"]) for r in rows}):
+        mine = sorted((r for r in rows if int(r["rank"]) == rank), key=lambda r: r["saving"])
+        for stage, dash in (("before", "dot"), ("after", "solid")):
+            fig.add_trace(go.Scatter(
+                x=[100 * r["saving"] for r in mine], y=[100 * r[f"top1_{stage}"] for r in mine],
+                mode="lines+markers", line={"dash": dash},
+                name=f"rank {rank}, {'recovered' if stage == 'after' else 'no recovery'}",
+                hovertemplate="%{x:.1f}% saved: %{y:.0f}%<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="parameters saved (%)", height=420,
+                      yaxis_title="top-1 agreement with the original (%)",
+                      yaxis_range=[-5, 105])
+    return fig
+
+
 def _png_source(image: np.ndarray, size: int) -> str:
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(f"images must be HWC or HW uint8 arrays, got {image.dtype} with "
@@ -169,11 +191,14 @@ def image_predictions(images: Sequence[np.ndarray], captions: Sequence[str], *,
 
 
 def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
-                           title: str = "Accuracy against trainable parameters") -> go.Figure:
+                           title: str = "Accuracy against trainable parameters",
+                           yaxis: str = "validation top-1 (%)") -> go.Figure:
     """One marker per method: trainable parameters (log scale) against accuracy.
 
     ``results`` maps a method's name to a mapping with ``"trainable"`` (parameters) and
-    ``"top1"`` (accuracy in %), and optionally ``"seconds_per_step"`` (shown on hover).
+    ``"top1"`` (accuracy in %), and optionally ``"spread"`` (an error bar of that many
+    points either side, e.g. the standard deviation over seeds) and ``"seconds_per_step"``
+    (shown on hover). ``yaxis`` names the accuracy.
     """
     if not results:
         raise ValueError("accuracy_vs_parameters needs at least one result")
@@ -185,11 +210,13 @@ def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
         fig.add_trace(go.Scatter(
             x=[row["trainable"]], y=[row["top1"]], mode="markers+text", name=name,
             text=[name], textposition="top center", marker={"size": 14},
+            error_y=({"type": "data", "array": [row["spread"]], "visible": True}
+                     if "spread" in row else None),
             customdata=[[row.get("seconds_per_step", float("nan"))]],
             hovertemplate="%{x:,} trainable<br>top-1 %{y:.1f}%<br>"
                           "%{customdata[0]:.3f} s per step<extra>%{fullData.name}</extra>"))
     fig.update_xaxes(type="log", title_text="trainable parameters (log scale)")
-    fig.update_yaxes(title_text="validation top-1 (%)")
+    fig.update_yaxes(title_text=yaxis)
     fig.update_layout(title=title, height=440, showlegend=False)
     return fig
 

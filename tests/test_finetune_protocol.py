@@ -1,0 +1,253 @@
+"""The fine-tuning protocol: what each method trains, the learning rate chosen on validation and
+reported on test, cache keys that follow the configuration, seeds that spread, clear errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from kdna.train.comparison import (
+    RunResult,
+    choose_lr,
+    csv_rows,
+    markdown_table,
+    read_csv,
+    summarise,
+)
+from kdna.train.finetune import compare_methods
+from kdna.train.methods import (
+    FrozenStatistics,
+    MethodContext,
+    MethodFailed,
+    get_method,
+    list_methods,
+    prepare,
+)
+from kdna.train.protocol import Protocol, run_key, train_run
+
+pytest.importorskip("peft")
+
+
+class Small(nn.Module):
+    """Convolutions with biases (so BitFit differs from norms + head), BatchNorms, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 128, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(128)
+        self.conv2 = nn.Conv2d(128, 64, 1)  # its gate: 128 / 16 = 8 hidden units uncapped
+        self.bn2 = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 7)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _context(**kw) -> MethodContext:
+    return MethodContext(num_classes=3, example_inputs=torch.randn(4, 3, 16, 16), **kw)
+
+
+def _kinds(names) -> set[str]:
+    """What each trainable parameter is, in words the methods use."""
+    kinds = set()
+    for n in names:
+        if "lora_" in n:
+            kinds.add("lora")
+        elif "gate" in n:
+            kinds.add("gate")
+        elif "scale" in n:
+            kinds.add("static")
+        elif ".bn" in n or n.startswith("bn"):
+            kinds.add("norm")
+        elif "fc" in n:
+            kinds.add("head")
+        elif n.endswith("bias"):
+            kinds.add("conv bias")
+        else:
+            kinds.add("kernel")
+    return kinds
+
+
+EXPECTED = {
+    "linear_probe": {"head"},
+    "norms_head": {"norm", "head"},
+    "bitfit": {"norm", "head", "conv bias"},
+    "full": {"norm", "head", "conv bias", "kernel"},
+    "lora": {"lora", "head"},
+    "lora_norms": {"lora", "norm", "head"},
+    "kdna_static": {"static", "norm", "head", "conv bias"},  # a child keeps its own bias
+    "kdna_gates_4": {"static", "gate", "norm", "head", "conv bias"},
+    "kdna_gates_16": {"static", "gate", "norm", "head", "conv bias"},
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_method_trains_exactly_what_it_states(name):
+    base = Small()
+    before = copy.deepcopy(base.state_dict())
+    prepared = prepare(name, base, _context())
+    assert _kinds(prepared.trainable) == EXPECTED[name]
+    trainable = {n for n, p in prepared.model.named_parameters() if p.requires_grad}
+    assert trainable == set(prepared.trainable)
+    assert prepared.model(torch.randn(2, 3, 16, 16)).shape == (2, 3)  # the new head
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # untouched
+
+
+def test_gate_budgets_and_the_probe_statistics():
+    counts = {n: prepare(n, Small(), _context()).trainable_count
+              for n in ("norms_head", "kdna_static", "kdna_gates_4", "kdna_gates_16", "full")}
+    assert counts["norms_head"] < counts["kdna_static"] < counts["kdna_gates_4"]
+    assert counts["kdna_gates_4"] < counts["kdna_gates_16"] < counts["full"]
+    probe = prepare("linear_probe", Small(), _context()).model
+    assert isinstance(probe, FrozenStatistics)
+    stats = probe.module.bn1.running_mean.clone()
+    probe.train()(torch.randn(8, 3, 16, 16) + 3)
+    assert torch.equal(probe.module.bn1.running_mean, stats)  # never re-estimated
+    heads = prepare("norms_head", Small(), _context()).model.train()
+    heads(torch.randn(8, 3, 16, 16) + 3)
+    assert not torch.equal(heads.bn1.running_mean, stats)  # the others follow the data
+
+
+def test_a_method_that_cannot_be_prepared_says_which_and_why():
+    with pytest.raises(MethodFailed, match="kdna_shared needs unlabeled training images"):
+        prepare("kdna_shared", Small(), _context(images=None))
+    with pytest.raises(ValueError, match=r"'lorra'.*expected one of .*lora"):
+        get_method("lorra")
+
+
+def _run(lr, seed, val, test, loss=1.0):
+    return RunResult("m", lr, seed, val, test, loss, 10, 100, 5, 0.1, 1000)
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_reported_on_test():
+    runs = [_run(1e-3, 0, val=0.90, test=0.50), _run(1e-2, 0, val=0.80, test=0.99),
+            _run(1e-1, 0, val=0.90, test=None),  # a tie on validation: the smaller rate
+            _run(1e-3, 1, val=0.10, test=0.60), _run(1e-3, 2, val=0.10, test=0.70)]
+    assert choose_lr(runs) == 1e-3
+    summary = summarise("m", "method", "things", runs)
+    assert summary.lr == 1e-3 and summary.test == [0.50, 0.60, 0.70]  # test at the chosen rate
+    assert summary.mean == pytest.approx(0.60) and summary.std == pytest.approx(0.10)
+    assert summary.val_by_lr == {1e-3: 0.90, 1e-2: 0.80, 1e-1: 0.90}
+    flipped = [dataclasses.replace(r, test_top1=1 - (r.test_top1 or 0)) for r in runs]
+    assert choose_lr(flipped) == 1e-3  # test accuracies never move the choice
+    with pytest.raises(ValueError, match="seeds \\[0\\] were not evaluated"):
+        summarise("m", "method", "things", [_run(1e-3, 0, 0.9, None)])
+
+
+def test_tables_show_the_choice_and_round_trip_through_csv(tmp_path):
+    runs = [_run(1e-3, 0, 0.9, 0.5), _run(1e-2, 0, 0.8, 0.9), _run(1e-3, 1, 0.1, 0.7)]
+    summary = summarise("m", "a method", "things", runs)
+    table = markdown_table([summary], (1e-3, 1e-2))
+    assert "0.001 (**90.0** / 80.0)" in table and "**60.0 ± 14.1** (2)" in table
+    rows = csv_rows([summary], data="digits")
+    path = tmp_path / "r.csv"
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    back = read_csv(path)[0]
+    assert back["data"] == "digits" and back["lr"] == 1e-3
+    assert back["test_top1_per_seed"] == [0.5, 0.7] and back["val_top1_by_lr"][1e-2] == 0.8
+
+
+def test_run_keys_change_whenever_the_configuration_of_the_run_does():
+    protocol = Protocol(data="digits")
+    key = run_key(protocol, "norms_head", 3e-3, 0)
+    assert key == run_key(Protocol(data="digits"), "norms_head", 3e-3, 0)
+    changed = {"data": "mnist", "arch": "other_arch", "image_size": 48, "limit": 100,
+               "val_fraction": 0.3, "split_seed": 1, "steps": 60, "batch_size": 32,
+               "warmup": 0.2, "weight_decay": 1e-4, "batchnorm": "train", "bn_momentum": 0.01,
+               "augment": False, "recovery_images": 64}
+    grid = {"lrs": (3e-3,), "seeds": (0, 5)}  # the comparison's, not one run's
+    assert set(changed) | set(grid) == {f.name for f in dataclasses.fields(Protocol)}
+    keys = {run_key(protocol.with_overrides(**{k: v}), "norms_head", 3e-3, 0)
+            for k, v in changed.items()}
+    keys |= {run_key(protocol, "bitfit", 3e-3, 0), run_key(protocol, "norms_head", 3e-2, 0),
+             run_key(protocol, "norms_head", 3e-3, 1),
+             run_key(protocol, "norms_head", 3e-3, 0, device="cuda")}
+    assert key not in keys and len(keys) == len(changed) + 4
+    assert run_key(protocol.with_overrides(**grid), "norms_head", 3e-3, 0) == key
+
+
+def test_bad_protocol_values_are_named():
+    for kw, message in (({"steps": 0}, "steps must be a positive integer, got 0"),
+                        ({"lrs": ()}, "lrs must be distinct positive"),
+                        ({"lrs": (1e-3, -1.0)}, r"got \(0.001, -1.0\)"),
+                        ({"seeds": (1, 2)}, r"starting with the selection seed 0, got \(1, 2\)"),
+                        ({"val_fraction": 1.5}, "val_fraction .* got 1.5"),
+                        ({"warmup": 2}, "warmup .* got 2")):
+        with pytest.raises(ValueError, match=message):
+            Protocol(**kw)
+    with pytest.raises(TypeError, match="'step'"):
+        Protocol().with_overrides(step=3)
+    with pytest.raises(ValueError, match="at least one method"):
+        compare_methods([], Protocol(), cache=None)
+
+
+TINY = Protocol(data="digits", image_size=16, limit=120, steps=4, batch_size=8,
+                lrs=(1e-3, 3e-2), seeds=(0, 1), recovery_images=16)
+
+
+def test_the_protocol_end_to_end_caches_by_configuration(tmp_path):
+    methods = ["norms_head", "bitfit", "kdna_static"]
+    first = compare_methods(methods, TINY, cache=tmp_path, pretrained=Small(), progress=False)
+    assert first.trained == 3 * 3 and first.reloaded == 0  # 2 rates + 1 more seed, each
+    for s in first.summaries:
+        mine = [r for r in first.runs if r.method == s.method]
+        assert s.lr == max((r for r in mine if r.seed == 0), key=lambda r: (r.val_top1, -r.lr)).lr
+        assert len(s.test) == 2 and all(r.test_top1 is not None for r in mine if r.lr == s.lr)
+        losses = [r.test_loss for r in mine if r.lr == s.lr]
+        assert losses[0] != losses[1]  # the seeds give a spread
+    again = compare_methods(methods, TINY, cache=tmp_path, pretrained=Small(), progress=False)
+    assert again.trained == 0 and again.reloaded == 9
+    assert [s.test for s in again.summaries] == [s.test for s in first.summaries]
+    longer = compare_methods(["norms_head"], TINY.with_overrides(steps=5), cache=tmp_path,
+                             pretrained=Small(), progress=False)
+    assert longer.trained == 3 and longer.reloaded == 0
+
+
+def test_a_run_refuses_a_rate_outside_the_grid():
+    from kdna.train.protocol import protocol_splits
+
+    splits = protocol_splits(TINY)
+    with pytest.raises(ValueError, match=r"lr must be one of .* got 0.5"):
+        train_run("full", TINY, splits, Small(), _context(), 0.5, 0)
+
+
+def test_every_registered_method_states_what_it_trains():
+    for name in list_methods():
+        method = get_method(name)
+        assert method.trains and method.label and method.name == name
+
+
+def test_the_accuracy_figure_draws_the_spread_over_seeds_as_error_bars():
+    pytest.importorskip("plotly")
+    from kdna.viz import accuracy_vs_parameters
+
+    fig = accuracy_vs_parameters({"a": {"trainable": 10, "top1": 90.0, "spread": 1.5},
+                                  "b": {"trainable": 100, "top1": 80.0}},
+                                 yaxis="test top-1 (%)")
+    assert list(fig.data[0].error_y.array) == [1.5] and fig.data[1].error_y.array is None
+    assert fig.layout.yaxis.title.text == "test top-1 (%)"
+
+
+def test_the_readme_quotes_the_committed_fine_tuning_table():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = read_csv(root / "benchmarks" / "results" / "finetune-amd-epyc-2-threads.csv")
+    section = (root / "README.md").read_text().split("## Which fine-tuning method?")[1]
+    section = section.split("\n## ")[0]
+    assert rows[0]["device"] in section and "finetune-amd-epyc-2-threads.md" in section
+    for r in rows:
+        if not (r["same_as"] or r["error"]):
+            quoted = f"{100 * r['test_top1_mean']:.1f} ± {100 * r['test_top1_std']:.1f}"
+            assert quoted in section, (r["data"], r["method"], quoted)
