@@ -95,6 +95,14 @@ def _committed(method: str) -> str:
             f"{COMMITTED['device']})")
 
 
+def _committed_gain() -> str:
+    best, baseline = COMMITTED.get(BEST), COMMITTED.get(BASELINE)
+    if not (best and baseline and best["mean"] and baseline["mean"]):
+        return ""
+    return (f"; the committed benchmark measured {100 * (best['mean'] - baseline['mean']):+.1f} "
+            f"points over {best['seeds']} seeds")
+
+
 def _protocol(epochs: int | None, image_size: int | None, limit: int | None) -> Protocol:
     protocol = PROTOCOL.with_overrides(limit=limit, image_size=image_size or PROTOCOL.image_size)
     if epochs is not None:  # passes over the training split instead of the protocol's steps
@@ -167,8 +175,9 @@ task file | s / step |
 {rows}
 
 What the adapters add: **{gain:+.1f} points** of test top-1 over training the norms and the head
-alone, for {best.trainable - baseline.trainable:,} more trainable parameters
-(`{get_method(BEST).trains}`). The committed rows come from `{COMMITTED["source"]}`.
+alone in this run (one seed){_committed_gain()}, for {best.trainable - baseline.trainable:,} more
+trainable parameters ({get_method(BEST).trains}). The committed rows come from
+`{COMMITTED["source"]}`.
 
 {routing}
 
