@@ -40,14 +40,13 @@ from kdna.conversion.config import ConvertConfig, resolve_config
 from kdna.conversion.parents import shared_parent
 from kdna.conversion.plan import (
     ConversionPlan,
-    adapter_size,
     candidate_layers,
     check_not_converted,
-    gate_reduction_for,
     in_place_reduction,
     plan_conversion,
     probe,
     residual_rank,
+    shared_child,
 )
 from kdna.conversion.report import (
     ChildFit,
@@ -60,7 +59,7 @@ from kdna.nn.conv import ChildConv2d, KernelChild, ParentKernel
 from kdna.nn.fitting import fit_scales
 from kdna.nn.gate import GateForm
 from kdna.nn.linear import ChildLinear
-from kdna.nn.residual import relax, residual_size
+from kdna.nn.residual import relax
 from kdna.nn.utils import count_parameters, replace_module
 
 __all__ = ["apply_plan", "convert"]
@@ -147,11 +146,10 @@ def _share(model: nn.Module, layers: dict[str, nn.Module], parent_name: str,
     fits, saved = [], -parent.weight.numel() if new else 0
     for name in members:
         module = layers[name]
-        reduction = gate_reduction_for(module, config.gate_reduction, config.gate_max_hidden)
+        reduction, cost = shared_child(module, config)
         child = _make_child(module, parent, reduction, config.gate_form)
         fits.append(ChildFit(name, _adopt(child, module, config, config.fit_scales)))
-        saved += module.weight.numel() - adapter_size(module, reduction) - residual_size(
-            module.weight.shape, residual_rank(module, config.residual_rank))
+        saved += module.weight.numel() - cost
         replace_module(model, name, child)
     return SharedGroup(parent_name, tuple(fits), "conv" if parent.weight.dim() == 4 else "linear",
                        tuple(parent.weight.shape), saved, config.parent_init)

@@ -48,7 +48,7 @@ from kdna.nn.utils import count_parameters
 
 __all__ = ["ConversionPlan", "adapter_size", "candidate_layers", "check_not_converted",
            "gate_reduction_for", "in_place_reduction", "plan_conversion", "probe",
-           "residual_rank", "select_layers"]
+           "residual_rank", "select_layers", "shared_child"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,15 @@ def adapter_size(module: nn.Module, reduction: int | None) -> int:
     return size
 
 
+def shared_child(module: nn.Module, config: ConvertConfig) -> tuple[int | None, int]:
+    """``(gate reduction, parameters)`` of a shared child that replaces ``module`` under
+    ``config``: its scales, gate and residual, against the kernel it saves."""
+    reduction = gate_reduction_for(module, config.gate_reduction, config.gate_max_hidden)
+    size = adapter_size(module, reduction) + residual_size(
+        module.weight.shape, residual_rank(module, config.residual_rank))
+    return reduction, size
+
+
 def residual_rank(module: nn.Module, rank: int) -> int:
     """The residual rank a shared child of ``module`` gets: ``rank``, at most the kernel's
     ``min(C_out, C_in / groups * kh * kw)``."""
@@ -257,10 +266,7 @@ def _automatic_groups(model: nn.Module, layers: dict[str, nn.Module],
     skipped: list[tuple[tuple[str, ...], str]] = []
     for members in _auto_groups({n: layers[n] for n in selected}, shapes):
         module = layers[members[0]]
-        adapter = adapter_size(module, gate_reduction_for(module, config.gate_reduction,
-                                                          config.gate_max_hidden))
-        adapter += residual_size(module.weight.shape,
-                                 residual_rank(module, config.residual_rank))
+        _, adapter = shared_child(module, config)
         if adapter >= module.weight.numel():
             skipped.append((tuple(members), f"an adapter ({adapter:,} parameters) would "
                             f"not be smaller than the kernel ({module.weight.numel():,})"))
