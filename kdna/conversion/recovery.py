@@ -40,6 +40,7 @@ from kdna._checks import (
 )
 from kdna.conversion.report import Agreement, agreement
 from kdna.nn.conv import KernelChild
+from kdna.nn.utils import eval_mode
 
 __all__ = ["DistillResult", "distill", "recovery_blocks"]
 
@@ -139,7 +140,7 @@ def distill(student: nn.Module, teacher: nn.Module, images: Tensor, *,
     probe = images if held_out is None else held_out
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with _frozen_except(student, trained) as params, _eval(student, teacher):
+    with _frozen_except(student, trained) as params, eval_mode(student), eval_mode(teacher):
         reference = _outputs(teacher, probe, batch_size)
 
         def measure() -> Agreement:
@@ -205,23 +206,6 @@ class _frozen_except:
     def __exit__(self, *exc: object) -> None:
         for p, flag in self.flags:
             p.requires_grad_(flag)
-
-
-class _eval:
-    """Both networks in eval mode (no BatchNorm statistic moves), their modes restored."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.models = models
-
-    def __enter__(self) -> None:
-        self.modes = [[m.training for m in model.modules()] for model in self.models]
-        for model in self.models:
-            model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for model, modes in zip(self.models, self.modes, strict=True):
-            for module, mode in zip(model.modules(), modes, strict=True):
-                module.training = mode
 
 
 @torch.no_grad()
