@@ -7,13 +7,27 @@ itself is private because users never need it.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Collection
 from typing import TypeVar
 
-__all__ = ["check_groups", "check_padding", "instance_arg", "int_at_least", "module_arg",
-           "non_negative_float", "one_of", "optional_positive_int", "pair", "path_arg",
-           "positive_float", "positive_int", "tensor_arg"]
+__all__ = [
+    "check_groups",
+    "check_padding",
+    "checked_replace",
+    "instance_arg",
+    "int_at_least",
+    "module_arg",
+    "non_negative_float",
+    "one_of",
+    "optional_positive_int",
+    "pair",
+    "path_arg",
+    "positive_float",
+    "positive_int",
+    "tensor_arg",
+]
 
 T = TypeVar("T")
 
@@ -122,3 +136,15 @@ def check_padding(padding: object, stride: object) -> None:
                                      or (padding == "same" and pair(stride) != (1, 1))):
         raise ValueError(f"padding {padding!r} must be an int, a pair, 'valid', or 'same' with "
                          f"stride 1 (got stride {stride})")
+
+
+def checked_replace(instance: T, what: str, overrides: dict) -> T:
+    """``dataclasses.replace(instance, **overrides)`` (whose ``__post_init__`` checks every
+    value again), with a ``TypeError`` naming any field ``instance`` does not have; ``what``
+    names the settings in that message ("conversion", "protocol")."""
+    fields = [f.name for f in dataclasses.fields(instance)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise TypeError(f"unknown {what} setting(s) {', '.join(map(repr, unknown))}; "
+                        f"valid ones are {', '.join(fields)}")
+    return dataclasses.replace(instance, **overrides)

@@ -26,13 +26,12 @@ keywords of the previous release (``parent`` and ``fit``) with a ``DeprecationWa
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kdna._checks import int_at_least, one_of, positive_int
+from kdna._checks import checked_replace, int_at_least, one_of, positive_int
 from kdna.conversion.parents import PARENT_INITS
 from kdna.nn.gate import GateForm
 
@@ -203,12 +202,7 @@ class ConvertConfig:
 
     def with_overrides(self, **overrides: Any) -> ConvertConfig:
         """A copy with the given fields changed (``TypeError`` for an unknown field name)."""
-        fields = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise TypeError(f"unknown conversion setting(s) {', '.join(map(repr, unknown))}; "
-                            f"valid ones are {', '.join(fields)}")
-        return dataclasses.replace(self, **overrides) if overrides else self
+        return checked_replace(self, "conversion", overrides) if overrides else self
 
 
 def resolve_config(config: ConvertConfig | None, overrides: Mapping[str, Any], *,

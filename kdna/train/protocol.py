@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kdna._checks import int_at_least, one_of, optional_positive_int, positive_int
+from kdna._checks import checked_replace, int_at_least, one_of, optional_positive_int, positive_int
 from kdna._extras import require
 from kdna._files import write_atomically
 from kdna.conversion.adapters import save_adapters
@@ -112,12 +112,7 @@ class Protocol:
 
     def with_overrides(self, **overrides: Any) -> Protocol:
         """A copy with the given fields changed (``TypeError`` naming an unknown field)."""
-        fields = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise TypeError(f"unknown protocol setting(s) {', '.join(map(repr, unknown))}; "
-                            f"valid ones are {', '.join(fields)}")
-        return dataclasses.replace(self, **overrides)
+        return checked_replace(self, "protocol", overrides)
 
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The mean and std the pretrained network was trained with."""
