@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo notebooks test lab lint clean browser
+.PHONY: demo notebooks docs test lab lint clean browser
 
 $(STAMP): requirements-ci.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ demo: $(STAMP)
 notebooks: $(STAMP)
 	PLOTLY_RENDERER=plotly_mimetype+notebook $(BIN)/jupyter nbconvert --to html --execute --output-dir build/notebooks notebooks/*.ipynb
 	@echo "Executed notebooks written to $(CURDIR)/build/notebooks/"
+
+## docs: the site to read without running anything, offline, in build/site/: the README, every
+## notebook executed with its figures, the benchmark tables, the API reference from docstrings.
+## Reuses the notebooks `make test` executed (build/executed/) and executes the others.
+docs: $(STAMP)
+	$(BIN)/python tools/docs_site.py
+	@echo "Open build/site/index.html, or serve it: $(BIN)/python -m http.server -d build/site"
 
 ## browser: Debian's chromium for the test that renders figures in a real browser (needs root
 ## and apt-get; where it cannot be installed, that test is skipped and says why)

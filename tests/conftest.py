@@ -6,11 +6,17 @@ the CPU and, where a GPU is present, on CUDA as well; TF32 is off so tolerances 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from kdna import ParentKernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from docs_site import EXECUTED, nbval_outputs, save_notebook, with_outputs
 
 
 class TinyNet(nn.Module):
@@ -74,3 +80,16 @@ def tiny_net(device):
 @pytest.fixture
 def images(device):
     return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``after_notebooks`` run last (the sort is stable): they use what the
+    notebooks left behind, notebook 05's cached fine-tuning and the executed notebooks."""
+    items.sort(key=lambda item: item.get_closest_marker("after_notebooks") is not None)
+
+
+def pytest_sessionfinish(session):
+    """Keep every notebook nbval executed without an error, with its outputs, in
+    build/executed/: ``make docs`` (tools/docs_site.py) builds the site from them."""
+    for source, outputs in nbval_outputs(session.items).items():
+        save_notebook(with_outputs(source, outputs), EXECUTED / source.name)
