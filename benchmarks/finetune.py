@@ -13,6 +13,14 @@ folded, LoRA merged). Writes benchmarks/results/finetune-<device>.md and .csv.
     python benchmarks/finetune.py               # CPU: MNIST 5k and digits, 32x32, 120 steps
     python benchmarks/finetune.py --jobs 2      # one process (of 1 thread) per data set
     python benchmarks/finetune.py --data digits --methods norms_head,kdna_gates_4 --seeds 2
+    python benchmarks/finetune.py --methods kdna_shared --jobs 2 --threads 1 --out /tmp/new \
+        --merge-into benchmarks/results/finetune-amd-epyc-2-threads.md
+
+`--merge-into` puts one method's new rows into committed tables instead of running every
+method again: each (data set, method) row and its notes are replaced in the .md and the .csv,
+and the .md says which rows came from which run (wall time and load of each). The goals lines
+read LoRA, norms + head and the in-place adapters, so those are not merged: rerun them all.
+`--merge-from` merges the tables an earlier run wrote, without running anything.
 
 On a GPU the defaults grow: 96x96, 600 steps of batch 64, 5 seeds. Runs are cached under
 `kdna.data.cache_root("finetune")` (keyed by their whole configuration), so an interrupted run
@@ -28,6 +36,7 @@ import multiprocessing
 import os
 import re
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
@@ -201,6 +210,95 @@ def write(results: list[dict], args, seconds: float, load: tuple[float, float]) 
     return args.out / f"finetune-{slug}.md"
 
 
+GOAL_METHODS = ("lora", "norms_head", *KDNA_IN_PLACE)  # what goals() reads
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def merge_csv(fresh: Path, target: Path) -> list[tuple[str, str]]:
+    """Replace (or add) ``target``'s rows by ``fresh``'s, matched on (data, method); the
+    (data, method) pairs merged. Other rows keep their place and their values."""
+    fields, rows = _read_rows(target)
+    new_fields, new_rows = _read_rows(fresh)
+    key = {(r["data"], r["method"]): r for r in new_rows}
+    merged = [key.pop((r["data"], r["method"]), r) for r in rows] + list(key.values())
+    fields += [f for f in new_fields if f not in fields]
+    with open(target, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(merged)
+    return [(r["data"], r["method"]) for r in new_rows]
+
+
+def _sections(text: str) -> tuple[str, dict[str, list[str]]]:
+    """The preamble and ``heading -> lines`` of each ``## `` section."""
+    head, *parts = text.split("\n## ")
+    return head, {p.split("\n", 1)[0]: p.split("\n") for p in parts}
+
+
+def _label(line: str) -> str | None:
+    return line.split(" | ")[0][2:] if line.startswith("| ") and " | " in line else None
+
+
+def _merge_section(lines: list[str], fresh: list[str], provenance: str) -> list[str]:
+    """``lines`` (one section of the committed .md) with ``fresh``'s table rows and notes in
+    place of its own, and ``provenance`` under the section's summary line."""
+    rows = {_label(x): x for x in fresh if _label(x) not in (None, "method")}
+    prefixes = tuple(f"- {label}: " for label in rows)
+    notes = [x for x in fresh if x.startswith(prefixes)]
+    out = [rows.get(_label(x), x) for x in lines
+           if not x.startswith(prefixes) and not x.startswith(provenance.split(":")[0])]
+    at = next(i for i, x in enumerate(out) if " train / " in x) + 1
+    out[at:at] = ["", provenance]
+    if notes and "Notes:" not in out:
+        out[out.index("Goals:"):out.index("Goals:")] = ["Notes:", ""]
+    if "Notes:" in out:
+        at = out.index("Notes:") + 1
+        while at < len(out) and out[at].startswith("- "):
+            at += 1
+        out[at:at] = notes
+        if not out[out.index("Notes:") + 1].startswith("- "):  # every note was replaced
+            del out[out.index("Notes:")]
+    return [x for i, x in enumerate(out) if not (x == "" and i and out[i - 1] == "")]
+
+
+def merge_tables(fresh: Path, target: Path) -> list[tuple[str, str]]:
+    """Merge the tables ``fresh`` (.md and the .csv beside it, written by this script) into
+    ``target``'s (see the module docstring); the (data set, method) rows merged."""
+    fresh_md, target_md = fresh.with_suffix(".md"), target.with_suffix(".md")
+    written = next(x for x in fresh_md.read_text().split("\n") if x.startswith("Written by"))
+    _, fresh_sections = _sections(fresh_md.read_text())
+    labels = sorted({_label(x) for lines in fresh_sections.values() for x in lines}
+                    - {None, "method"})
+    methods = sorted({r["method"] for r in _read_rows(fresh.with_suffix(".csv"))[1]})
+    if set(methods) & set(GOAL_METHODS):
+        raise ValueError(f"the goals read {', '.join(GOAL_METHODS)}: rerun the whole "
+                         f"comparison rather than merge {', '.join(methods)}")
+    head, sections = _sections(target_md.read_text())
+    missing = set(fresh_sections) - set(sections)
+    if missing:
+        raise ValueError(f"{target_md} has no section {', '.join(sorted(missing))} to merge into")
+    when = date.fromtimestamp(fresh_md.stat().st_mtime).isoformat()
+    written = written.replace("`benchmarks/finetune.py`",
+                              f"`benchmarks/finetune.py --methods {','.join(methods)}`", 1)
+    prefix = f"**Merged rows.** The rows of {', '.join(labels)} come from"
+    note = (f"{prefix} a later run, merged in on {when}: {written[0].lower()}{written[1:]} "
+            f"Every other row comes from the run described above.")
+    paragraphs = [p for p in head.split("\n\n") if not p.startswith(prefix)]
+    paragraphs.insert(2, note)
+    for name, lines in fresh_sections.items():
+        summary = next(x for x in lines if " train / " in x)
+        provenance = f"Rows of {', '.join(labels)}: from the merged run ({summary.rstrip('.')})."
+        sections[name] = _merge_section(sections[name], lines, provenance)
+    target_md.write_text("\n\n".join(paragraphs) + "".join(
+        "\n## " + "\n".join(lines) for lines in sections.values()))
+    return merge_csv(fresh.with_suffix(".csv"), target.with_suffix(".csv"))
+
+
 def parse() -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,11 +314,26 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "results")
-    return p.parse_args()
+    p.add_argument("--merge-into", type=Path, default=None,
+                   help="merge this run's rows into these committed tables (.md and .csv)")
+    p.add_argument("--merge-from", type=Path, default=None,
+                   help="with --merge-into: merge the tables an earlier run wrote, run nothing")
+    args = p.parse_args()
+    if args.merge_from and not args.merge_into:
+        p.error("--merge-from needs --merge-into")
+    if args.merge_into and not args.merge_from and args.out.resolve() == \
+            args.merge_into.parent.resolve():
+        p.error("--merge-into needs --out elsewhere: the run's own tables would replace the "
+                "ones to merge into")
+    return args
 
 
 def main() -> None:
     args = parse()
+    if args.merge_from:
+        merged = merge_tables(args.merge_from, args.merge_into)
+        print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
+        return
     start, load = time.perf_counter(), os.getloadavg()[0]
     protocol = Protocol(image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
                         lrs=tuple(float(v) for v in args.lrs.split(",")),
@@ -236,6 +349,9 @@ def main() -> None:
         results = [run_one(*job) for job in jobs]
     path = write(results, args, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(path.read_text())
+    if args.merge_into:
+        merged = merge_tables(path, args.merge_into)
+        print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
 
 
 if __name__ == "__main__":

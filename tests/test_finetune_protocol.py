@@ -251,3 +251,100 @@ def test_the_readme_quotes_the_committed_fine_tuning_table():
         if not (r["same_as"] or r["error"]):
             quoted = f"{100 * r['test_top1_mean']:.1f} ± {100 * r['test_top1_std']:.1f}"
             assert quoted in section, (r["data"], r["method"], quoted)
+
+
+def test_preparing_draws_from_the_context_seed_and_leaves_the_global_generator_alone():
+    net, states = Small().eval(), []
+    for global_seed in (1, 2):
+        context = _context(seed=3)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        states.append(prepare("kdna_gates_4", net, context).model.state_dict())
+        assert torch.equal(torch.get_rng_state(), before)  # nothing drawn from it
+    assert states[0].keys() == states[1].keys()
+    tensors = [k for k, v in states[0].items() if isinstance(v, torch.Tensor)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in tensors)
+    other = prepare("kdna_gates_4", net, _context(seed=4)).model.state_dict()
+    assert any(not torch.equal(states[0][k], other[k]) for k in tensors)
+
+
+def _benchmark_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fresh_tables(script, folder, method: str, test: list[float]):
+    from argparse import Namespace
+
+    from kdna.train.comparison import MethodSummary
+
+    m = get_method(method)
+    results = [{"data": data, "seconds": 60.0, "reloaded": 0, "trained": 7,
+                "sizes": (10, 5, 5), "device": "Test CPU, 2 threads", "protocol": Protocol(),
+                "summaries": [MethodSummary(method, m.label, m.trains, lr=3e-3,
+                                            val_by_lr={3e-3: 0.5}, test=test, trainable=7,
+                                            total=9, task_bytes=2048, seconds_per_step=0.1,
+                                            steps=120, note="fresh note", throughput=1.0)]}
+               for data in ("mnist", "digits")]
+    return script.write(results, Namespace(jobs=1, threads=None, out=folder), 78.0, (0.5, 1.5))
+
+
+def test_the_benchmark_merges_one_methods_rows_into_committed_tables(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    script = _benchmark_script()
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    target = tmp_path / "target" / "finetune-amd-epyc-2-threads.md"
+    target.parent.mkdir()
+    for suffix in (".md", ".csv"):
+        shutil.copy(committed / f"finetune-amd-epyc-2-threads{suffix}", target.with_suffix(suffix))
+    before_rows, before_md = read_csv(target.with_suffix(".csv")), target.read_text()
+    before_csv = target.with_suffix(".csv").read_text().splitlines()
+    fresh = _fresh_tables(script, tmp_path / "fresh", "kdna_shared", [0.5, 0.6, 0.55])
+    merged = script.merge_tables(fresh, target)
+    assert merged == [("mnist", "kdna_shared"), ("digits", "kdna_shared")]
+    rows = read_csv(target.with_suffix(".csv"))
+    assert [(r["data"], r["method"]) for r in rows] == [
+        (r["data"], r["method"]) for r in before_rows]  # the same rows, in the same order
+    for new in rows:
+        if new["method"] == "kdna_shared":
+            assert new["test_top1_mean"] == pytest.approx(0.55) and new["note"] == "fresh note"
+            assert new["wall_seconds"] == 60 and not new["error"]
+    after_csv = target.with_suffix(".csv").read_text().splitlines()
+    assert [x for x in after_csv if ",kdna_shared," not in x] == [
+        x for x in before_csv if ",kdna_shared," not in x]  # every other row as it was
+    text = target.read_text()
+    label = get_method("kdna_shared").label
+    shared = [x for x in text.splitlines() if x.startswith(f"| {label} |")]
+    assert len(shared) == 2 and all("**55.0 ± 5.0** (3)" in x for x in shared)
+    assert text.count(f"- {label}: fresh note") == 2 and "could not be prepared" not in text
+    assert "**Merged rows.**" in text and "**1.3 minutes**" in text and "**29.7 minutes**" in text
+    kept = [x for x in before_md.splitlines() if label not in x]
+    assert all(x in text.splitlines() for x in kept)  # every other line is still there
+    script.merge_tables(fresh, target)
+    assert target.read_text() == text  # merging again changes nothing
+    other = _fresh_tables(script, tmp_path / "other", "lora", [0.9, 0.9, 0.9])
+    with pytest.raises(ValueError, match="rerun the whole comparison"):
+        script.merge_tables(other, target)
+
+
+def test_train_at_trains_each_method_once_at_its_rate_and_caches_it(tmp_path):
+    from kdna.train.finetune import train_at
+
+    lrs = {"norms_head": 3e-2, "kdna_static": 1e-3}
+    first = train_at(lrs, TINY, cache=tmp_path, pretrained=Small(), progress=False, device="cpu")
+    assert [(r.method, r.lr, r.seed) for r in first.runs] == [(m, lr, 0) for m, lr in lrs.items()]
+    assert first.reloaded == [False, False] and first.cache == tmp_path
+    assert all(r.steps == TINY.steps and r.test_top1 is not None for r in first.runs)
+    assert first.keys == [run_key(TINY, m, lr, 0, "cpu") for m, lr in lrs.items()]
+    assert len(first.splits.train) + len(first.splits.val) == TINY.limit  # the data it used
+    again = train_at(lrs, TINY, cache=tmp_path, pretrained=Small(), progress=False, device="cpu")
+    assert again.reloaded == [True, True]
+    assert [r.test_top1 for r in again.runs] == [r.test_top1 for r in first.runs]

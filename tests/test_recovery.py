@@ -267,8 +267,11 @@ def test_damage_guided_sharing_takes_the_harmless_layers_first():
     report = apply_plan(copy.deepcopy(model), result.plan)
     assert report.params_before - report.params_after == sum(
         g.params_saved for g in result.chosen)
-    everything = plan_by_damage(model, 0.99, x, gate_reduction=None, progress=False)
+    everything = plan_by_damage(model, 0.99, x, gate_reduction=None, progress=False,
+                                min_spread=0)  # no check: the unrelated b.* together keep <10%
     assert len(everything.chosen) == 4 and everything.saving < 0.99  # every child of both groups
+    checked = plan_by_damage(model, 0.99, x, gate_reduction=None, progress=False)
+    assert [g.parent[0] for g in checked.chosen] == ["a", "a", "b"] and len(checked.refused) == 1
     automatic = plan_conversion(model, gate_reduction=None, example_inputs=x).layout
     assert {p: sorted(c) for p, c in everything.plan.layout.items()} == {
         p: sorted(c) for p, c in automatic.items()}
@@ -295,3 +298,71 @@ def test_photo_crops_of_disjoint_photos_are_reproducible_and_in_range():
         photo_crops(2, ("no such photo",))
     with pytest.raises(ValueError, match="photos must be a non-empty list"):
         photo_crops(2, "coffee")
+
+
+class Chain(nn.Module):
+    """Three 1x1 convolutions in a row, then a head. Channel 0 of the input is constant,
+    channel 1 carries the signal. ``l1`` and ``l2`` are identities; ``l0`` passes every channel
+    but writes ``1 + a * signal`` into channel 1, so sharing ``l1`` or ``l2`` with ``l0`` as
+    the parent (a scale per output filter) keeps ``a**2 / (1 + a**2)`` (30%) of the signal:
+    each child alone keeps 30% of the outputs' spread, the two together 9%."""
+
+    def __init__(self, width: int = 16, a: float = (0.3 / 0.7) ** 0.5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l0, self.l1, self.l2 = (nn.Conv2d(width, width, 1, bias=False) for _ in range(3))
+        self.head = nn.Linear(width, 5)
+        with torch.no_grad():
+            for conv in (self.l0, self.l1, self.l2):
+                conv.weight.copy_(torch.eye(width)[:, :, None, None])
+            self.l0.weight[1, 0], self.l0.weight[1, 1] = 1.0, a
+
+    def forward(self, x):
+        return self.head(self.l2(self.l1(self.l0(x))).flatten(1))
+
+
+def chain_inputs(n: int = 32, width: int = 16) -> torch.Tensor:
+    x = torch.zeros(n, width, 1, 1)
+    x[:, 0] = 1.0
+    x[:, 1] = torch.randn(n, 1, 1, generator=torch.Generator().manual_seed(2))
+    return x
+
+
+def spread_kept(model: nn.Module, original: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        new, old = model.eval()(x), original.eval()(x)
+    return float((new - new.mean(0)).norm() / (old - old.mean(0)).norm())
+
+
+CHAIN = {"groups": {"l0": ["l1", "l2"]}, "gate_reduction": None}
+
+
+def test_children_harmless_alone_are_not_shared_together_where_they_collapse_the_outputs():
+    model, x = Chain(), chain_inputs()
+    for child in ("l1", "l2"):  # each alone keeps 30% of the spread
+        alone = copy.deepcopy(model)
+        apply_plan(alone, plan_conversion(model, groups={"l0": [child]}, gate_reduction=None))
+        assert spread_kept(alone, model, x) == pytest.approx(0.3, abs=0.01)
+    result = plan_by_damage(model, 0.9, x, progress=False, **CHAIN)
+    assert [g.spread_kept for g in result.measured] == pytest.approx([0.3, 0.3], abs=0.01)
+    assert len(result.chosen) == 1 and len(result.refused) == 1  # together they keep 9%
+    shared = copy.deepcopy(model)
+    apply_plan(shared, result.plan)
+    assert spread_kept(shared, model, x) >= result.min_spread == 0.1
+    assert "1 refused" in str(result) and "| refused |" in str(result)
+    assert result.plan_for(0.5).layout == result.plan.layout  # refused children stay out
+    with pytest.raises(ValueError, match="plan_for gives savings in"):
+        result.plan_for(0.95)
+    both = plan_by_damage(model, 0.9, x, progress=False, min_spread=0.05, **CHAIN)
+    assert len(both.chosen) == 2 and not both.refused  # 9% is enough for a lower bound
+
+
+def test_damage_needs_outputs_that_differ_and_a_child_that_keeps_them():
+    model, x = Chain(), chain_inputs()
+    with pytest.raises(ValueError, match="same output for every input"):
+        plan_by_damage(model, 0.5, torch.zeros_like(x) + x[:1], progress=False, **CHAIN)
+    with pytest.raises(ValueError, match=r"found no child it can share.*lower min_spread"):
+        plan_by_damage(model, 0.5, x, progress=False, min_spread=0.5, **CHAIN)
+    for bad in (1, -0.1, True, "10%"):
+        with pytest.raises(ValueError, match="min_spread must be a fraction"):
+            plan_by_damage(model, 0.5, x, progress=False, min_spread=bad, **CHAIN)

@@ -213,6 +213,7 @@ class LiveRuns:
     reloaded: list[bool]
     cache: Path | None
     keys: list[str]
+    splits: ProtocolSplits | None = field(default=None, repr=False)  # the data they used
 
 
 def train_at(lrs: dict[str, float], protocol: Protocol, *, seed: int = 0,
@@ -227,7 +228,7 @@ def train_at(lrs: dict[str, float], protocol: Protocol, *, seed: int = 0,
     splits = protocol_splits(protocol)
     pretrained = pretrained_network(protocol) if pretrained is None else pretrained
     context = method_context(splits, protocol)
-    live = LiveRuns([], [], folder, [])
+    live = LiveRuns([], [], folder, [], splits)
     for name, lr in tqdm(lrs.items(), desc=f"fine-tuning on {splits.name}", disable=not progress):
         key = run_key(protocol, name, lr, seed, device)
 

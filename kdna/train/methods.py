@@ -229,9 +229,16 @@ def _recovered(teacher: nn.Module, context: MethodContext, saving: float, steps:
         raise MethodFailed(f"kdna_shared could not be prepared: after plan_by_damage, "
                            f"apply_plan and distill the shared network gives the same output "
                            f"for every input (largest spread over a batch {spread:.1e}; "
-                           f"{len(damage.chosen)} groups shared)")
-    return student, (f"{len(damage.chosen)} groups shared, saving {damage.saving:.1%} of the "
-                     f"parameters; {result}")
+                           f"{len(damage.chosen)} layers shared)")
+    refused = (f" ({len(damage.refused)} more refused: with the others they left less than "
+               f"{damage.min_spread:.0%} of the outputs' spread over the probe batch)"
+               if damage.refused else "")
+    best = max(g.agreement.top1 for g in damage.chosen)
+    return student, (f"{len(damage.chosen)} layers shared{refused}, saving "
+                     f"{damage.saving:.1%} of the parameters; each of them alone keeps the "
+                     f"original's top-1 class on at most {best:.0%} of the probe images; "
+                     f"{result}; fine-tuning starts from this changed network, not from the "
+                     f"pretrained one the other methods start from")
 
 
 def _kdna_shared(model: nn.Module, context: MethodContext, *, saving: float,
@@ -301,11 +308,16 @@ def get_method(name: str | FinetuneMethod) -> FinetuneMethod:
 def prepare(method: str | FinetuneMethod, pretrained: nn.Module, context: MethodContext
             ) -> Prepared:
     """A fresh copy of ``pretrained`` (left unchanged) prepared by ``method``: a new head,
-    and ``requires_grad`` on exactly the parameters the method trains."""
+    and ``requires_grad`` on exactly the parameters the method trains. Whatever it draws at
+    random (gates, LoRA, kdna_shared's recovery) comes from ``context.seed``; the global
+    generators (CPU and CUDA) are left as they were."""
     method = get_method(method)
     module_arg("pretrained", pretrained)
     tensor_arg("context.example_inputs", context.example_inputs)
-    model = method.build(copy.deepcopy(pretrained), context, **method.settings)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(context.seed)
+        model = method.build(copy.deepcopy(pretrained), context, **method.settings)
     params = {id(p): p for p in model.parameters()}.values()
     return Prepared(method, model, trainable_names(model), sum(p.numel() for p in params))
 
