@@ -93,6 +93,8 @@ def test_accuracy_vs_parameters_has_a_marker_per_method_on_a_log_axis():
                                   "kdna": {"trainable": 4e5, "top1": 60.0,
                                            "seconds_per_step": 0.3}})
     assert [t.name for t in fig.data] == ["full", "kdna"]
+    assert fig.layout.showlegend and all(t.mode == "markers" for t in fig.data)  # no labels
+    assert fig.data[0].marker.symbol != fig.data[1].marker.symbol  # told apart in grey too
     assert fig.layout.xaxis.type == "log" and "trainable" in fig.layout.xaxis.title.text
     assert fig.layout.yaxis.title.text == "validation top-1 (%)"
     with pytest.raises(ValueError, match=r"result 'x' lacks \['top1'\]"):

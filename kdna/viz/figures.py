@@ -193,7 +193,8 @@ def image_predictions(images: Sequence[np.ndarray], captions: Sequence[str], *,
 def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
                            title: str = "Accuracy against trainable parameters",
                            yaxis: str = "validation top-1 (%)") -> go.Figure:
-    """One marker per method: trainable parameters (log scale) against accuracy.
+    """One marker per method: trainable parameters (log scale) against accuracy, named in the
+    legend (methods crowd together near the top; labels on the points would overlap).
 
     ``results`` maps a method's name to a mapping with ``"trainable"`` (parameters) and
     ``"top1"`` (accuracy in %), and optionally ``"spread"`` (an error bar of that many
@@ -203,13 +204,14 @@ def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
     if not results:
         raise ValueError("accuracy_vs_parameters needs at least one result")
     fig = go.Figure()
-    for name, row in results.items():
+    symbols = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+    for i, (name, row) in enumerate(results.items()):
         missing = {"trainable", "top1"} - set(row)
         if missing:
             raise ValueError(f"result {name!r} lacks {sorted(missing)}")
         fig.add_trace(go.Scatter(
-            x=[row["trainable"]], y=[row["top1"]], mode="markers+text", name=name,
-            text=[name], textposition="top center", marker={"size": 14},
+            x=[row["trainable"]], y=[row["top1"]], mode="markers", name=name,
+            marker={"size": 13, "symbol": symbols[i % len(symbols)], "opacity": 0.85},
             error_y=({"type": "data", "array": [row["spread"]], "visible": True}
                      if "spread" in row else None),
             customdata=[[row.get("seconds_per_step", float("nan"))]],
@@ -217,7 +219,8 @@ def accuracy_vs_parameters(results: Mapping[str, Mapping[str, float]], *,
                           "%{customdata[0]:.3f} s per step<extra>%{fullData.name}</extra>"))
     fig.update_xaxes(type="log", title_text="trainable parameters (log scale)")
     fig.update_yaxes(title_text=yaxis)
-    fig.update_layout(title=title, height=440, showlegend=False)
+    fig.update_layout(title=title, height=440, showlegend=True,
+                      legend={"title": {"text": "method"}, "font": {"size": 11}})
     return fig
 
 
