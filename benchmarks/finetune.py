@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
+import io
 import multiprocessing
 import os
 import re
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 
 import kdna
+from kdna._files import write_atomically
 from kdna.bench import compare
 from kdna.nn.utils import device_description
 from kdna.train.comparison import csv_rows, markdown_table
@@ -227,10 +229,11 @@ def merge_csv(fresh: Path, target: Path) -> list[tuple[str, str]]:
     key = {(r["data"], r["method"]): r for r in new_rows}
     merged = [key.pop((r["data"], r["method"]), r) for r in rows] + list(key.values())
     fields += [f for f in new_fields if f not in fields]
-    with open(target, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(merged)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(merged)
+    write_atomically(target, lambda file: file.write(text.getvalue().encode()))
     return [(r["data"], r["method"]) for r in new_rows]
 
 
@@ -294,8 +297,9 @@ def merge_tables(fresh: Path, target: Path) -> list[tuple[str, str]]:
         summary = next(x for x in lines if " train / " in x)
         provenance = f"Rows of {', '.join(labels)}: from the merged run ({summary.rstrip('.')})."
         sections[name] = _merge_section(sections[name], lines, provenance)
-    target_md.write_text("\n\n".join(paragraphs) + "".join(
-        "\n## " + "\n".join(lines) for lines in sections.values()))
+    text = "\n\n".join(paragraphs) + "".join(
+        "\n## " + "\n".join(lines) for lines in sections.values())
+    write_atomically(target_md, lambda file: file.write(text.encode()))
     return merge_csv(fresh.with_suffix(".csv"), target.with_suffix(".csv"))
 
 

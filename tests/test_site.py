@@ -94,7 +94,7 @@ def test_an_up_to_date_executed_copy_is_reused_and_a_stale_one_is_not(tmp_path, 
     again = nbformat.read(tmp_path / "executed" / "n.ipynb", as_version=4)
     assert again.metadata[STAMP] == source_hash(source)
     assert again.cells[0].outputs[0]["data"]["text/plain"] == "4"
-    assert not list((tmp_path / "executed").glob(".*partial"))
+    assert not list((tmp_path / "executed").glob(".*.tmp"))  # no temporary file left
 
 
 @pytest.mark.after_notebooks

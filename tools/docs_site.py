@@ -34,6 +34,8 @@ from pathlib import Path
 
 import nbformat
 
+from kdna._files import write_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = ROOT / "build" / "executed"
 SOURCES = ROOT / "build" / "site-src"
@@ -95,9 +97,7 @@ def nbval_outputs(items: Iterable) -> dict[Path, list[list]]:
 def save_notebook(nb: nbformat.NotebookNode, path: Path) -> None:
     """Write ``nb`` to ``path`` through a temporary file: never a half-written notebook."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    nbformat.write(nb, partial)
-    partial.replace(path)
+    write_atomically(path, lambda file: file.write(nbformat.writes(nb).encode()))
 
 
 def executed_notebooks(sources: Iterable[Path], executed: Path = EXECUTED, *,
