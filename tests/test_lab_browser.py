@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from render import find_chromium
+from render import BROWSER_FLAGS, find_chromium
 
 try:
     CHROMIUM = find_chromium()
@@ -40,9 +40,6 @@ from playwright.sync_api import Page, sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_routing_explorer.ipynb"
 SHOTS = ROOT / "build" / "browser"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"]
 RUN_TIMEOUT_MS = 540_000  # the whole notebook, from a cold cache in the worst case
 
 pytestmark = pytest.mark.after_notebooks
@@ -141,7 +138,7 @@ def _gate_after(page: Page, change, old_title: str) -> dict:
 def test_routing_explorer_responds_to_its_controls_in_jupyterlab(lab):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             page.goto(lab, timeout=120_000)

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-__all__ = ["CHROMIUM_FLAGS", "find_chromium", "render_dom", "screenshot"]
+__all__ = ["BROWSER_FLAGS", "CHROMIUM_FLAGS", "find_chromium", "render_dom", "screenshot"]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--virtual-time-budget=5000"]
+# Chromium on this closed network, as root, without a GPU, however it is driven (here from the
+# command line, by Playwright in tests/test_lab_browser.py): no sandbox, and no connection of
+# its own (background fetches are refused by the network, many at a time, otherwise).
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+CHROMIUM_FLAGS = ["--headless", *BROWSER_FLAGS, "--hide-scrollbars",
+                  "--virtual-time-budget=5000"]
 
 
 def find_chromium() -> str:
