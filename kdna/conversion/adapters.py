@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -183,6 +184,20 @@ def _check_base(base: nn.Module, meta: dict, tensors: dict[str, Tensor], where: 
                          f"(e.g. {differ[:3]}); load them onto the same pretrained base")
 
 
+def _with_metadata(tensors: dict[str, Tensor], model: nn.Module) -> OrderedDict[str, Tensor]:
+    """``tensors`` as a state dict that carries ``model``'s per-module metadata.
+
+    ``load_state_dict`` hands each module its entry of ``state_dict._metadata`` (its state
+    format ``version``); versioned modules (torchvision's MNASNet, BatchNorm) read it in
+    ``_load_from_state_dict`` and some refuse to load without it. The file's tensors were
+    written by the same modules the plan has just built on ``model``, so ``model``'s own
+    metadata is theirs.
+    """
+    state = OrderedDict(tensors)
+    state._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    return state
+
+
 def load_adapters(base: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply the adapters saved by :func:`save_adapters` in the folder ``path`` to ``base``, in
     place: its conversion plan is carried out, then the saved tensors are loaded. Returns
@@ -205,7 +220,7 @@ def load_adapters(base: nn.Module, path: str | os.PathLike) -> nn.Module:
     config = ConvertConfig(**plan["config"])
     apply_plan(base, ConversionPlan(config, {p: list(c) for p, c in plan["layout"].items()},
                                     own=list(plan["own"])))
-    result = base.load_state_dict(tensors, strict=False)
+    result = base.load_state_dict(_with_metadata(tensors, base), strict=False)
     if result.unexpected_keys:  # the plan was applied, so every saved name exists
         raise ValueError(f"{folder} holds tensors this model lacks: {result.unexpected_keys[:3]}")
     return base
