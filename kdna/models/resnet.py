@@ -21,8 +21,12 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 from kdna.models.layout import apply_layout, torchvision_model
+from kdna.models.pretrained import imagenet_config
 
-__all__ = ["resnet18", "resnet50"]
+__all__ = ["PRETRAINED", "resnet18", "resnet50"]
+
+# torchvision's ImageNet weights exist for the plain networks (the paper's layouts are deeper).
+PRETRAINED = {arch: imagenet_config(arch, "DEFAULT") for arch in ("resnet18", "resnet50")}
 
 
 def _no_pretrained_layout(arch: str, weights: str | None) -> None:
