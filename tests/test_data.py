@@ -27,7 +27,7 @@ def _labels(dataset):
 def test_offline_set_items_and_classes(name):
     num_classes, total = OFFLINE[name]
     data = load_data(name, image_size=24)
-    assert isinstance(data, DataSplits) and data.name == name
+    assert isinstance(data, DataSplits) and data.name == name and data.small
     assert data.num_classes == len(data.classes) == num_classes
     assert len(data.train) + len(data.val) + len(data.test) == total
     for split in (data.train, data.val, data.test):
@@ -180,6 +180,7 @@ def test_unknown_name_suggests():
 @pytest.mark.parametrize(("kwargs", "bad"), [
     ({"channels": 2}, "channels"), ({"image_size": 4}, "image_size"),
     ({"val_fraction": 0.0}, "val_fraction"), ({"val_fraction": 1.0}, "val_fraction"),
+    ({"test_fraction": 0.0}, "test_fraction"), ({"test_fraction": 1.5}, "test_fraction"),
     ({"limit": 0}, "limit"), ({"mean": (0.1, 0.2)}, "mean"), ({"std": 0.0}, "std"),
 ])
 def test_bad_arguments(kwargs, bad):
@@ -290,6 +291,9 @@ def test_online_sets_use_their_official_splits(monkeypatch, tmp_path, name, offi
     spec = classification._ONLINE[name]
     monkeypatch.setitem(classification._ONLINE, name, (_FakeOnline, *spec[1:]))
     (tmp_path / spec[3]).mkdir(parents=True)  # the files are cached: nothing downloads
+    for split, n in (("trainval", 40), ("test", 12)) if name == "pets" else ():
+        lines = [f"breed_{i} {i % 4 + 1} 1 1" for i in range(n)]  # pets' labels: annotations
+        (tmp_path / spec[3] / f"{split}.txt").write_text("\n".join(lines))
     _MADE.clear()
     data = load_data(name, root=tmp_path, image_size=8)
     assert [download for _, download in _MADE] == [False] * len(official)
@@ -303,6 +307,26 @@ def test_online_sets_use_their_official_splits(monkeypatch, tmp_path, name, offi
         assert data.val.base is data.train.base and len(data.train) + len(data.val) == 40
         assert "carved from" in data.sources["val"] and official["train"] in data.sources["val"]
     assert data.test.base is not data.train.base and len(data.test) == 12
+
+
+def test_pets_labels_come_from_its_annotation_files_without_reading_an_image(tmp_path):
+    from torchvision import datasets
+
+    pets = tmp_path / "oxford-iiit-pet"
+    (pets / "images").mkdir(parents=True)  # empty: an image read would fail
+    (pets / "annotations").mkdir()
+    breeds = ["Abyssinian", "american_bulldog", "Bengal"]
+    for split, per_class in (("trainval", 4), ("test", 2)):
+        lines = [f"{breed}_{i} {label + 1} 1 1" for i in range(per_class)
+                 for label, breed in enumerate(breeds)]
+        (pets / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    data = load_data("pets", root=tmp_path, image_size=8, val_fraction=0.25)
+    assert data.classes == ["Abyssinian", "American Bulldog", "Bengal"]
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 6)
+    assert data.val.labels().tolist() == [0, 1, 2] and data.test.base.targets == [0, 1, 2] * 2
+    # torchvision keeps its labels private; the test notices when its numbering moves
+    theirs = getattr(datasets.OxfordIIITPet(tmp_path, split="trainval"), "_labels", None)
+    assert data.train.base.targets == [0, 1, 2] * 4 == (theirs or [0, 1, 2] * 4)
 
 
 # ---------------------------------------------------------------- folders
@@ -335,7 +359,7 @@ def _layout(root, splits, classes=("cat", "dog"), per_class=5):
 ])
 def test_every_folder_layout(tmp_path, splits, sizes, sources):
     data = load_data(_layout(tmp_path, splits), image_size=12)
-    assert data.classes == ["cat", "dog"] and data.name == str(tmp_path)
+    assert data.classes == ["cat", "dog"] and data.name == str(tmp_path) and not data.small
     got = (len(data.train), len(data.val), None if data.test is None else len(data.test))
     assert got == sizes
     for role, source in zip(("train", "val", "test"), sources, strict=True):

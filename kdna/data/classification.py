@@ -79,6 +79,9 @@ class DataSplits:
     image_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation applied, one value per channel
     std: tuple[float, ...] = IMAGENET_STD
+    # how the evaluation transform sizes images: small ones (the offline sets, CIFAR-10) are
+    # resized whole; photos (folders, Flowers-102, Pets) resized, then centre-cropped
+    small: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -153,6 +156,14 @@ def _offline_splits(name: str, seed: int, test_fraction: float) -> _Found:
             OFFLINE_SETS[name][1])
 
 
+def _pets_targets(root: Path, split: str) -> list[int]:
+    """The labels of a Pets split from its annotation file (lines ``<image> <class 1..37>
+    <species> <breed>``), as torchvision numbers them: carving validation out of trainval
+    then reads no image (torchvision keeps its own list private)."""
+    lines = (root / "oxford-iiit-pet" / "annotations" / f"{split}.txt").read_text().splitlines()
+    return [int(line.split()[1]) - 1 for line in lines if line.strip()]
+
+
 def _online_splits(name: str, root: Path, download: bool) -> _Found:
     cls, splits, url, marker, small, _ = _ONLINE[name]
     cached = root / marker
@@ -164,8 +175,10 @@ def _online_splits(name: str, root: Path, download: bool) -> _Found:
     found = dict.fromkeys(("train", "val", "test"))
     for role, kwargs in splits.items():  # the first downloads every split
         official = kwargs.get("split", "train" if kwargs.get("train") else "test")
-        found[role] = Split(cls(root, download=not cached.exists(), **kwargs), None,
-                            f"{name}'s official {official} split")
+        data = cls(root, download=not cached.exists(), **kwargs)
+        if name == "pets":
+            data.targets = _pets_targets(root, official)
+        found[role] = Split(data, None, f"{name}'s official {official} split")
     return found, list(found["train"].base.classes), f"{name}'s training split", small, True
 
 
@@ -262,4 +275,4 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
                for role, s in splits.items()}
     return DataSplits(train=views["train"], val=views["val"], test=views.get("test"),
                       classes=list(classes), name=str(name), image_size=image_size, mean=mean,
-                      std=std, sources=sources)
+                      std=std, sources=sources, small=small)
