@@ -381,6 +381,8 @@ def test_image_folder_with_train_and_val(tmp_path):
     _write_images(tmp_path / "val", ["cat", "dog"], 2, grey=True)
     (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
     (tmp_path / ".ipynb_checkpoints").mkdir()
+    _write_images(tmp_path / "train" / "cat" / ".ipynb_checkpoints", ["old"], 2)  # not images
+    _write_images(tmp_path / "val" / "dog", [".cache"], 1)
     (tmp_path / "notes.txt").write_text("a file beside the splits is not a split")
     data = load_data(tmp_path, image_size=16)
     assert data.classes == ["cat", "dog"] and (len(data.train), len(data.val)) == (6, 4)

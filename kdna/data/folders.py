@@ -87,7 +87,7 @@ def _check_classes(path: Path, found: dict[Path, list[str]]) -> list[str]:
 
 
 class _ImageFolder(datasets.ImageFolder):
-    """ImageFolder that skips hidden folders (``.ipynb_checkpoints`` is not a class)."""
+    """ImageFolder that skips hidden folders as classes (``.ipynb_checkpoints`` is not one)."""
 
     def find_classes(self, directory):
         classes = _visible_folders(Path(directory))
@@ -95,9 +95,15 @@ class _ImageFolder(datasets.ImageFolder):
 
 
 def _image_folder(directory: Path, bad_images: str) -> datasets.ImageFolder:
-    """The ImageFolder of ``directory``; a ``ValueError`` names its class folders with no
-    (readable) image."""
+    """The ImageFolder of ``directory``, without the files in hidden folders and the hidden
+    files (as :func:`kdna.data.keys.folder_key` leaves them out); a ``ValueError`` names its
+    class folders with no (readable) image."""
     folder = _ImageFolder(directory, loader=read_image, allow_empty=True)
+    shown = [s for s in folder.samples  # not cat/.ipynb_checkpoints/..., cat/.thumbs/...
+             if not any(part.startswith(".") for part in Path(s[0]).relative_to(directory).parts)]
+    if len(shown) < len(folder.samples):
+        folder.samples = folder.imgs = shown
+        folder.targets = [t for _, t in shown]
     if bad_images == "skip":
         drop_bad_images(folder)
     counts = torch.bincount(torch.as_tensor(folder.targets, dtype=torch.long),
