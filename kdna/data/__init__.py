@@ -1,7 +1,13 @@
 """Data: classification sets by name or folder, synthetic shapes for dense prediction, and
 downloads that happen only when asked for.
 
-* :func:`load_data` (:mod:`kdna.data.classification`): train and validation sets in one call;
+* :func:`load_data` (:mod:`kdna.data.classification`): train, validation and test sets in one
+  call, from a data set name or a folder of images (:mod:`kdna.data.folders`: every layout it
+  accepts), with ``sources`` that say where each split came from;
+* :func:`write_example_folder` (:mod:`kdna.data.examples`): folders of real packaged images
+  (MNIST digits, LFW faces) in the ``train/`` + ``test/`` layout, written offline;
+* :func:`source_key` (:mod:`kdna.data.keys`): a cache key for a data set name or a folder's
+  content (not its path);
 * :class:`ShapesDataset`, :func:`penn_fudan` (:mod:`kdna.data.shapes`): detection and
   segmentation data;
 * :func:`scan_images`, :class:`BadImageError` (:mod:`kdna.data.imagefiles`): unreadable
@@ -20,10 +26,12 @@ from kdna.data.classification import (
     list_datasets,
     load_data,
 )
+from kdna.data.examples import write_example_folder
 from kdna.data.imagefiles import BadImageError, scan_images
+from kdna.data.keys import source_key
 from kdna.data.online import require_online
 from kdna.data.probe import ProbeImages, probe_images
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BadImageError", "DataSplits", "ProbeImages",
            "cache_root", "list_datasets", "load_data", "probe_images", "require_online",
-           "scan_images"]
+           "scan_images", "source_key", "write_example_folder"]
