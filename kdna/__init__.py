@@ -5,10 +5,13 @@ plus an input-dependent channel gate) and still run as one ordinary convolution.
 
 The method lives in :mod:`kdna.nn`; each job has its own subpackage, and imports only point
 down this list: :mod:`kdna.conversion` (bringing KernelDNA to a network), :mod:`kdna.data`,
-:mod:`kdna.models`, :mod:`kdna.train`, :mod:`kdna.analysis`, :mod:`kdna.viz`,
+:mod:`kdna.models`, :mod:`kdna.train`, :mod:`kdna.finetune` (fine-tuning a pretrained network
+on a data set; the module is callable: ``kdna.finetune(arch, data)``), :mod:`kdna.analysis`,
+:mod:`kdna.viz`,
 :mod:`kdna.deploy`, :mod:`kdna.bench`, :mod:`kdna.dense` and :mod:`kdna.cli`.
 """
 
+from kdna import finetune
 from kdna.conversion import (
     ConversionReport,
     ConvertConfig,
@@ -21,17 +24,21 @@ from kdna.conversion import (
     plan_by_damage,
     save_adapters,
 )
+from kdna.data import load_data
+from kdna.finetune import FinetuneResult, load_task
 from kdna.models import PretrainedConfig, create_model, list_models, pretrained_config
 from kdna.nn import (
     ChannelGate,
     ChildConv2d,
     ChildLinear,
     FoldedNorm,
+    FrozenBatchNorm2d,
     GateForm,
     KernelChild,
     ParentKernel,
     count_parameters,
     fold,
+    freeze_batchnorm,
     unfold,
 )
 
@@ -43,7 +50,9 @@ __all__ = [
     "ChildLinear",
     "ConversionReport",
     "ConvertConfig",
+    "FinetuneResult",
     "FoldedNorm",
+    "FrozenBatchNorm2d",
     "GateForm",
     "KernelChild",
     "ParentKernel",
@@ -56,9 +65,13 @@ __all__ = [
     "count_parameters",
     "create_model",
     "distill",
+    "finetune",
     "fold",
+    "freeze_batchnorm",
     "list_models",
     "load_adapters",
+    "load_data",
+    "load_task",
     "plan_by_damage",
     "pretrained_config",
     "save_adapters",

@@ -16,10 +16,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 from code_size import oversized  # noqa: E402  (tools/, not kdna)
 
 # The layers, lowest first: a module may import its own layer and the layers before it.
-LAYERS = ("_checks", "_extras", "_files", "nn", "conversion", "data", "models", "train",
+LAYERS = ("_checks", "_extras", "_files", "nn", "conversion", "data", "models", "train", "finetune",
           "analysis", "viz", "deploy", "bench", "dense", "cli")
-SUBPACKAGES = ("nn", "conversion", "data", "models", "train", "analysis", "viz", "bench",
-               "dense", "cli")
+SUBPACKAGES = ("nn", "conversion", "data", "models", "train", "finetune", "analysis", "viz",
+               "bench", "dense", "cli")
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from kdna.cli import main, parser
-from kdna.cli.demo import BASELINE, BEST, COMMITTED, PROTOCOL
-from kdna.train.comparison import read_csv
+from kdna.cli import build_model, main, parser
+from kdna.cli.demo import BASELINE
+from kdna.finetune import default_lr, default_method
 
 REFERENCE = ["--data", "some/dir", "--ckpt_dir", "c", "--log_dir", "l", "--arch", "resnet50",
              "--customize", "--pretrained", "--epochs", "3", "--warmup-epochs", "1",
@@ -68,8 +69,36 @@ def test_convert_and_adapters_only_through_the_cli(tmp_path, capsys):
           "-b", "32", "--ckpt_dir", str(tmp_path), "--no-progress"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and summary["trainable"] < 0.3 * summary["parameters"]
+    assert "note" not in summary  # adapters in place: the function was kept
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert checkpoint["meta"]["batchnorm"] == "frozen"  # fine-tuning: statistics frozen
+    assert checkpoint["config"]["weight_decay_on"] == "weights"
     main(["eval", "--resume", str(tmp_path / "last.pt"), "-j", "0", "--no-progress"])
     assert "val_top1" in json.loads(capsys.readouterr().out)
+
+
+def test_convert_keeps_the_function_and_share_says_it_does_not(capsys, tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    plain, _ = build_model("efficientnet_lite0", num_classes=1000, pretrained=True)
+    kept, _ = build_model("efficientnet_lite0", num_classes=1000, pretrained=True,
+                          do_convert=True, image_size=32)
+    with torch.no_grad():
+        torch.testing.assert_close(kept.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-4)
+    main(["train", "--dummy", "--arch", "efficientnet_lite0", "--pretrained", "--convert",
+          "--share", "--epochs", "1", "--max-steps", "1", "--image-size", "32", "-j", "0",
+          "-b", "32", "--ckpt_dir", str(tmp_path), "--no-progress"])
+    assert "changed the pretrained network's function" in json.loads(
+        capsys.readouterr().out)["note"]
+
+
+def test_a_shortened_resume_command_takes_the_batch_and_data_from_the_checkpoint(tmp_path,
+                                                                                  capsys):
+    main(["train", "--dummy", "--arch", "resnet18", "--customize", "--epochs", "1", "-b", "16",
+          "--image-size", "32", "--ckpt_dir", str(tmp_path), "-j", "0", "--no-progress"])
+    first = json.loads(capsys.readouterr().out)
+    assert main(["train", "--resume", str(tmp_path / "last.pt"), "--epochs", "2",
+                 "--ckpt_dir", str(tmp_path), "-j", "0", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2 * first["steps"]
 
 
 def test_bad_combinations_are_clear_errors(capsys):
@@ -83,42 +112,80 @@ def test_bad_combinations_are_clear_errors(capsys):
         assert re.search(message, err) and err.startswith("kdna: error: ")
 
 
-def test_the_demo_trains_both_ways_and_writes_its_report(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--epochs", "1", "--limit", "256", "--image-size",
-          "32", "--no-progress"])
+def test_the_demo_is_the_user_path_finetune_then_predict(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "$ kdna finetune --data" in printed.err and "$ kdna predict" in printed.err
+    assert re.search(r"kdna predict named \d+ of 10 held-out digits right", printed.out)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == default_method() and metrics["steps"] == 3
+    assert metrics["baseline"]["method"] == BASELINE and metrics["baseline"]["steps"] == 3
+    assert 0 <= metrics["test_top1"] <= 1 and metrics["sources"]["test"] == "test/"
     report = (tmp_path / "report.md").read_text()
-    assert capsys.readouterr().out
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    methods = summary["methods"]
-    assert set(methods) == {BEST, BASELINE}  # the adapters and the baseline, in one run
-    for name, row in methods.items():
-        assert 0 <= row["test_top1"] <= 1  # a fraction in summary.json, a percentage below
-        assert f"| {row['lr']:g} | {100 * row['test_top1']:.1f}% |" in report, name
-        assert row["lr"] == COMMITTED[name]["lr"]
-    assert methods[BEST]["trainable"] > methods[BASELINE]["trainable"]
-    assert f"What the adapters add: **{summary['adds_points']:+.1f} points**" in report
-    assert {"summary.json", "adapters", "routing.html"} <= {p.name for p in tmp_path.iterdir()}
-    page = (tmp_path / "routing.html").read_text()
-    assert "Routing: " in report and "plotly" in page
-    assert '"ticktext":["0","1","2","3","4","5","6","7","8","9"]' in page  # each band labelled
-    assert "grouped by their label" in page
+    for section in ("## Beside norms + head, at the same budget", "## Held-out images",
+                    "## Routing", "![confusion matrix](confusion.svg)"):
+        assert section in report
+    assert {"adapters", "confusion.svg", "metrics.json", "routing.html"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert (tmp_path / "confusion.svg").read_text().startswith("<svg")
 
 
-def test_the_demo_quotes_the_committed_benchmark_and_its_best_kernel_dna_way():
-    root = Path(__file__).resolve().parents[1]
-    rows = read_csv(root / COMMITTED["source"].replace(".md", ".csv"))
-    mnist = {r["method"]: r for r in rows if r["data"] == "mnist"}
-    ran = [mnist[m] for m in ("kdna_static", "kdna_gates_4", "kdna_gates_16")
-           if not (mnist[m]["same_as"] or mnist[m]["error"])]
-    assert BEST == max(ran, key=lambda r: r["test_top1_mean"])["method"]
-    for name in (BEST, BASELINE):
-        row = mnist[name]
-        assert COMMITTED[name]["lr"] == row["lr"] and COMMITTED[name]["seeds"] == row["seeds"]
-        assert COMMITTED[name]["mean"] == pytest.approx(row["test_top1_mean"], abs=5e-4)
-        assert COMMITTED[name]["std"] == pytest.approx(row["test_top1_std"], abs=5e-4)
-    assert COMMITTED["device"] == rows[0]["device"]
-    assert (PROTOCOL.image_size, PROTOCOL.steps, PROTOCOL.batch_size) == (
-        rows[0]["image_size"], rows[0]["steps"], rows[0]["batch_size"])
+def _colour_folder(root: Path, per_class: int = 10) -> Path:
+    from PIL import Image
+
+    for split, count in (("train", per_class), ("test", 4)):
+        for name, colour in (("blue", (30, 60, 200)), ("red", (200, 40, 30))):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (72, 72), (colour[0] + 3 * i, colour[1], colour[2])).save(
+                    folder / f"{i}.png")
+    return root
+
+
+def test_finetune_predict_and_eval_end_to_end(tmp_path, capsys):
+    data, out = _colour_folder(tmp_path / "data"), tmp_path / "out"
+    assert main(["finetune", "--data", str(data), "--image-size", "32", "--steps", "3", "-b",
+                 "8", "--method", "norms_head", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "norms_head" and summary["steps"] == 3
+    assert summary["lr"] == default_lr("norms_head", str(data))
+    assert {"adapters", "metrics.json", "report.md", "confusion.svg"} <= {
+        p.name for p in out.iterdir()}
+    image = sorted((data / "test" / "red").iterdir())[0]
+    assert main(["predict", str(out), str(image), "--json", "--topk", "2"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"] == str(image) and {t["class"] for t in row["top"]} == {"blue", "red"}
+    assert sum(t["probability"] for t in row["top"]) == pytest.approx(1.0, abs=1e-5)
+    assert main(["eval", str(out), "--data", str(data), "-j", "0", "--no-progress"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["split"] == "test" and evaluated["samples"] == 8
+    assert evaluated["top1"] == pytest.approx(summary["test_top1"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "--data", "no/such/folder"], "no such folder"),
+    (["finetune", "--data", "mnist", "--steps", "0"], "--steps must be a positive integer"),
+    (["finetune", "--data", "mnist", "--lr", "fast"], "--lr must be a positive number"),
+    (["finetune", "--data", "mnist", "--method", "lorra"], "invalid choice: 'lorra'"),
+    (["predict", "nowhere", "x.png"], "no such image file"),
+    (["train", "--dummy", "--share", "-j", "0"], "--share chooses how --convert converts")])
+def test_finetune_and_predict_mistakes_are_one_line(argv, message, tmp_path, capsys,
+                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own errors (an unknown choice) exit at parsing
+        status = exit_.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdna: error: ") and message in err and "Traceback" not in err
+
+
+def test_predict_refuses_a_folder_without_a_task(tmp_path, capsys):
+    image = _colour_folder(tmp_path / "data") / "test" / "red" / "0.png"
+    assert main(["predict", str(tmp_path), str(image)]) == 2
+    assert "holds no fine-tuned task" in capsys.readouterr().err
 
 
 def test_python_dash_m_kdna_is_the_same_command():

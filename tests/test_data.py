@@ -332,13 +332,29 @@ def test_pets_labels_come_from_its_annotation_files_without_reading_an_image(tmp
 # ---------------------------------------------------------------- folders
 
 
-def _write_images(folder, classes, per_class, grey=False):
+def _write_images(folder, classes, per_class, grey=False, size=(20, 30)):
     rng = np.random.default_rng(0)
     for name in classes:
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = rng.integers(0, 256, (20, 30) if grey else (20, 30, 3), dtype=np.uint8)
+            pixels = rng.integers(0, 256, size if grey else (*size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
+
+
+def test_a_folder_of_photos_is_cropped_and_one_of_small_images_is_resized_whole(tmp_path):
+    _write_images(tmp_path / "photos", ("cat", "dog"), 3, size=(90, 120))
+    _write_images(tmp_path / "small", ("cat", "dog"), 3, size=(28, 28))
+    photos, small = (load_data(tmp_path / n, image_size=16) for n in ("photos", "small"))
+    assert not photos.small and small.small
+    assert "CenterCrop" in repr(photos.val.transform)
+    assert "CenterCrop" not in repr(small.val.transform)
+
+
+def test_flip_follows_the_data_unless_told(tmp_path):
+    _write_images(tmp_path / "f", ("cat", "dog"), 3, size=(28, 28))
+    assert load_data(tmp_path / "f").train.transform.transforms[0].flip
+    assert not load_data(tmp_path / "f", flip=False).train.transform.transforms[0].flip
+    assert not load_data("digits").train.transform.transforms[0].flip
 
 
 def _layout(root, splits, classes=("cat", "dog"), per_class=5):
@@ -359,7 +375,8 @@ def _layout(root, splits, classes=("cat", "dog"), per_class=5):
 ])
 def test_every_folder_layout(tmp_path, splits, sizes, sources):
     data = load_data(_layout(tmp_path, splits), image_size=12)
-    assert data.classes == ["cat", "dog"] and data.name == str(tmp_path) and not data.small
+    assert data.classes == ["cat", "dog"] and data.name == str(tmp_path)
+    assert data.small  # 30x20 images: resized whole, as small images, not cropped as photos
     got = (len(data.train), len(data.val), None if data.test is None else len(data.test))
     assert got == sizes
     for role, source in zip(("train", "val", "test"), sources, strict=True):

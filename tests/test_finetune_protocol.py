@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from kdna.train.comparison import (
+from kdna.finetune.compare import compare_methods
+from kdna.finetune.methods import (
+    MethodContext,
+    MethodFailed,
+    get_method,
+    list_methods,
+    prepare,
+)
+from kdna.finetune.protocol import Protocol, run_key
+from kdna.finetune.results import (
     RunResult,
     choose_lr,
     csv_rows,
@@ -18,16 +27,8 @@ from kdna.train.comparison import (
     read_csv,
     summarise,
 )
-from kdna.train.finetune import compare_methods
-from kdna.train.methods import (
-    FrozenStatistics,
-    MethodContext,
-    MethodFailed,
-    get_method,
-    list_methods,
-    prepare,
-)
-from kdna.train.protocol import Protocol, run_key, train_run
+from kdna.finetune.runs import train_run
+from kdna.nn import FrozenBatchNorm2d
 
 pytest.importorskip("peft")
 
@@ -105,10 +106,10 @@ def test_gate_budgets_and_the_probe_statistics():
     assert counts["norms_head"] < counts["kdna_static"] < counts["kdna_gates_4"]
     assert counts["kdna_gates_4"] < counts["kdna_gates_16"] < counts["full"]
     probe = prepare("linear_probe", Small(), _context()).model
-    assert isinstance(probe, FrozenStatistics)
-    stats = probe.module.bn1.running_mean.clone()
+    assert isinstance(probe.bn1, FrozenBatchNorm2d)
+    stats = probe.bn1.running_mean.clone()
     probe.train()(torch.randn(8, 3, 16, 16) + 3)
-    assert torch.equal(probe.module.bn1.running_mean, stats)  # never re-estimated
+    assert torch.equal(probe.bn1.running_mean, stats)  # never re-estimated
     heads = prepare("norms_head", Small(), _context()).model.train()
     heads(torch.randn(8, 3, 16, 16) + 3)
     assert not torch.equal(heads.bn1.running_mean, stats)  # the others follow the data
@@ -215,7 +216,7 @@ def test_the_protocol_end_to_end_caches_by_configuration(tmp_path):
 
 
 def test_a_run_refuses_a_rate_outside_the_grid():
-    from kdna.train.protocol import protocol_splits
+    from kdna.finetune.protocol import protocol_splits
 
     splits = protocol_splits(TINY)
     with pytest.raises(ValueError, match=r"lr must be one of .* got 0.5"):
@@ -282,7 +283,7 @@ def _benchmark_script():
 def _fresh_tables(script, folder, method: str, test: list[float]):
     from argparse import Namespace
 
-    from kdna.train.comparison import MethodSummary
+    from kdna.finetune.results import MethodSummary
 
     m = get_method(method)
     results = [{"data": data, "seconds": 60.0, "reloaded": 0, "trained": 7,
@@ -336,7 +337,7 @@ def test_the_benchmark_merges_one_methods_rows_into_committed_tables(tmp_path):
 
 
 def test_train_at_trains_each_method_once_at_its_rate_and_caches_it(tmp_path):
-    from kdna.train.finetune import train_at
+    from kdna.finetune.compare import train_at
 
     lrs = {"norms_head": 3e-2, "kdna_static": 1e-3}
     first = train_at(lrs, TINY, cache=tmp_path, pretrained=Small(), progress=False, device="cpu")

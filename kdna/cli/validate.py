@@ -16,7 +16,7 @@ from kdna.data.classification import list_datasets
 from kdna.models import canonical_name
 from kdna.train.checkpoint import check_writable
 
-__all__ = ["check_demo_args", "check_metrics_args", "check_train_args"]
+__all__ = ["check_demo_args", "check_finetune_args", "check_metrics_args", "check_train_args"]
 
 
 def _int(flag: str, value: int | None, low: int = 1) -> None:
@@ -99,6 +99,8 @@ def check_train_args(args: argparse.Namespace) -> None:
     if args.customize and args.convert:
         raise UsageError("give --customize (the KernelDNA layout) or --convert (convert the "
                          "plain model), not both")
+    if args.share and not args.convert:
+        raise UsageError("--share chooses how --convert converts; give --convert too")
     if args.evaluate and not args.resume:
         raise UsageError("evaluating needs --resume CHECKPOINT")
     if args.data is None and not args.dummy and not args.resume:
@@ -111,11 +113,29 @@ def check_train_args(args: argparse.Namespace) -> None:
                          "no CUDA device is available (use --dist-backend gloo on CPUs)")
     if not args.evaluate:
         for flag, folder in (("--ckpt_dir", args.ckpt_dir), ("--log_dir", args.log_dir)):
-            try:
-                if folder:
-                    check_writable(folder)
-            except OSError as exc:
-                raise UsageError(f"{flag}: {exc}") from None
+            _writable(flag, folder)
+
+
+def _writable(flag: str, folder: str | None) -> None:
+    try:
+        if folder:
+            check_writable(folder)
+    except OSError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def check_finetune_args(args: argparse.Namespace) -> None:
+    """``kdna finetune``: the network, the data, counts and sizes, the output folder."""
+    _arch(args.arch)
+    for flag, value, low in (("-b/--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+                             ("--epochs", args.epochs, 1), ("--limit", args.limit, 1),
+                             ("--image-size", args.image_size, 8)):
+        _int(flag, value, low)
+    _data(args.data)
+    if args.device is not None and args.device.startswith("cuda") and (
+            not torch.cuda.is_available()):
+        raise UsageError(f"--device {args.device}: no CUDA device is available")
+    _writable("--out", args.out)
 
 
 def check_metrics_args(args: argparse.Namespace) -> None:
@@ -131,10 +151,6 @@ def check_metrics_args(args: argparse.Namespace) -> None:
 
 def check_demo_args(args: argparse.Namespace) -> None:
     """``kdna demo``: counts and sizes; the output folder writable."""
-    for flag, value, low in (("--epochs", args.epochs, 1), ("--image-size", args.image_size, 8),
-                             ("--limit", args.limit, 1)):
+    for flag, value, low in (("--steps", args.steps, 1), ("--image-size", args.image_size, 8)):
         _int(flag, value, low)
-    try:
-        check_writable(args.out)
-    except OSError as exc:
-        raise UsageError(f"--out: {exc}") from None
+    _writable("--out", args.out)

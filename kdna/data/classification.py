@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets
 
@@ -182,6 +183,25 @@ def _online_splits(name: str, root: Path, download: bool) -> _Found:
     return found, list(found["train"].base.classes), f"{name}'s training split", small, True
 
 
+SMALL_IMAGE_SIDE = 64  # a folder of images no larger is treated as small images, not photos
+
+
+def _small_images(folder, sample: int = 16) -> bool:
+    """Whether the images of an ImageFolder are small (their median longer side at most
+    :data:`SMALL_IMAGE_SIDE` pixels, read from the headers of up to ``sample`` files): such
+    images are resized whole, as the offline sets are, rather than cropped as photos."""
+    paths = [path for path, _ in folder.samples]
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(max(image.size))
+        except OSError:
+            continue  # an unreadable image is reported when it is read
+    return bool(sides) and sorted(sides)[len(sides) // 2] <= SMALL_IMAGE_SIDE
+
+
 def _folder_splits(path: Path, bad_images: str) -> _Found:
     folder = read_folder(path, bad_images)
     found = {role: None if data is None else Split(data, None, f"{role}/")
@@ -190,7 +210,7 @@ def _folder_splits(path: Path, bad_images: str) -> _Found:
     if not folder.split_folders:
         found["train"].source = "the class folders"
     where = str(path / "train") if folder.split_folders else str(path)
-    return found, folder.classes, repr(where), False, True
+    return found, folder.classes, repr(where), _small_images(folder.train), True
 
 
 def _stats(values, channels: int, what: str) -> tuple[float, ...]:
@@ -225,7 +245,7 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
               mean=IMAGENET_MEAN, std=IMAGENET_STD, val_fraction: float = 0.2,
               test_fraction: float = 0.2, seed: int = 0, augment: bool = True,
               limit: int | None = None, download: bool = True, root: str | Path | None = None,
-              bad_images: str = "error") -> DataSplits:
+              bad_images: str = "error", flip: bool | None = None) -> DataSplits:
     """Train, validation and test sets of ``source``: a data set name (:func:`list_datasets`)
     or a folder path. See the module docstring for where each split comes from.
 
@@ -248,6 +268,9 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
             reached, a :class:`kdna.data.imagefiles.BadImageError` naming it and why) or
             ``"skip"`` (every image is read once now; the bad ones are left out, with one
             warning that counts them and names the first).
+        flip: whether training flips images (``None``: no for digit sets, yes otherwise).
+            A folder's images are small images (resized whole) when their median longer
+            side is at most :data:`SMALL_IMAGE_SIDE` pixels, photos (cropped) otherwise.
     """
     path_arg("source", source)
     one_of("bad_images", bad_images, ("error", "skip"))
@@ -260,13 +283,15 @@ def load_data(source: str | Path, *, image_size: int = 224, channels: int = 3,
     mean, std = _stats(mean, channels, "mean"), _stats(std, channels, "std")
     kind, name = resolve_source(source)
     if kind == "offline":
-        found, classes, where, small, flip = _offline_splits(name, seed, test_fraction)
+        found, classes, where, small, default_flip = _offline_splits(name, seed, test_fraction)
     elif kind == "online":
-        found, classes, where, small, flip = _online_splits(name, resolve_root(root), download)
+        found, classes, where, small, default_flip = _online_splits(name, resolve_root(root),
+                                                                    download)
     else:
-        found, classes, where, small, flip = _folder_splits(name, bad_images)
+        found, classes, where, small, default_flip = _folder_splits(name, bad_images)
     splits = _three_splits(found, classes, limit=limit, seed=seed, val_fraction=val_fraction,
                            where=where)
+    flip = flip if flip is not None else default_flip
     make = functools.partial(image_transform, small=small, flip=flip, size=image_size,
                              channels=channels, mean=mean, std=std)
     views = {role: SplitView(s.base, s.indices, make(augment and role == "train"))

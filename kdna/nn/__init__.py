@@ -7,6 +7,8 @@
 * :func:`fold` / :func:`unfold` (:mod:`kdna.nn.fold`): the deployment form and back;
 * :func:`fit_scales` (:mod:`kdna.nn.fitting`): static scales that take a parent towards a kernel;
 * :func:`relax` (:mod:`kdna.nn.residual`): a low-rank residual for what the scales cannot express;
+* :class:`FrozenBatchNorm2d`, :func:`freeze_batchnorm` (:mod:`kdna.nn.norm`): BatchNorm with
+  frozen statistics, what fine-tuning keeps;
 * :mod:`kdna.nn.utils`: finding children, swapping modules, counting parameters.
 """
 
@@ -16,10 +18,12 @@ from kdna.nn.fitting import fit_scales
 from kdna.nn.fold import FoldedNorm, fold, following_norms, unfold
 from kdna.nn.gate import ChannelGate, GateForm
 from kdna.nn.linear import ChildLinear
+from kdna.nn.norm import NORM_LAYERS, FrozenBatchNorm1d, FrozenBatchNorm2d, freeze_batchnorm
 from kdna.nn.residual import LowRankResidual, relax, residual_size
 from kdna.nn.utils import (
     children_of,
     count_parameters,
+    default_device,
     device_description,
     device_of,
     eval_mode,
@@ -27,8 +31,9 @@ from kdna.nn.utils import (
     replace_module,
 )
 
-__all__ = ["ChannelGate", "ChildConv2d", "ChildLinear", "FoldedNorm", "GateForm", "KernelChild",
-           "LowRankResidual", "ParentKernel", "children_of", "count_parameters",
+__all__ = ["NORM_LAYERS", "ChannelGate", "ChildConv2d", "ChildLinear", "FoldedNorm",
+           "FrozenBatchNorm1d", "FrozenBatchNorm2d", "GateForm", "KernelChild", "LowRankResidual",
+           "ParentKernel", "children_of", "count_parameters", "default_device",
            "device_description", "device_of", "eval_mode", "fit_scales", "fold",
-           "following_norms", "functional", "head_name", "relax", "replace_module",
-           "residual_size", "unfold"]
+           "following_norms", "freeze_batchnorm", "functional", "head_name", "relax",
+           "replace_module", "residual_size", "unfold"]

@@ -17,8 +17,8 @@ from torch import nn
 
 from kdna.nn.conv import KernelChild
 
-__all__ = ["children_of", "count_parameters", "device_description", "device_of", "eval_mode",
-           "head_name", "replace_module"]
+__all__ = ["children_of", "count_parameters", "default_device", "device_description", "device_of",
+           "eval_mode", "head_name", "replace_module"]
 
 
 def children_of(model: nn.Module, *, verb: str = "use", gated: bool = False
@@ -52,6 +52,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module, *, trainable: bool = False) -> int:
     """Parameters of ``model``, each shared tensor counted once (only trainable ones, if asked)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def default_device(device: torch.device | str | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; by default CUDA when there is a GPU, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def device_of(model: nn.Module) -> torch.device:

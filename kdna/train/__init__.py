@@ -10,11 +10,10 @@
 * :func:`autocast_for`, :func:`loader_options` (:mod:`kdna.train.devices`): the mixed
   precision (bf16 from compute capability 8.0, fp16 with a scaler below) and loader workers
   of a device;
-* :mod:`kdna.train.distributed`: joining a ``torchrun`` run;
-* fine-tuning comparisons: :data:`METHODS` and :func:`prepare` (:mod:`kdna.train.methods`:
-  each method and exactly what it trains), :class:`Protocol` (:mod:`kdna.train.protocol`),
-  :func:`compare_methods` and :func:`train_at` (:mod:`kdna.train.finetune`), their results
-  (:mod:`kdna.train.comparison`).
+* :mod:`kdna.train.distributed`: joining a ``torchrun`` run.
+
+Fine-tuning a pretrained network on a data set (methods, protocol, comparisons) is its own
+job, one layer up: :mod:`kdna.finetune`.
 
 Accuracies in every result (:class:`Metrics`, :class:`TrainResult`) are fractions in [0, 1].
 """
@@ -27,20 +26,14 @@ from kdna.train.checkpoint import (
            save_checkpoint,
            set_rng_state,
 )
-from kdna.train.comparison import MethodSummary, RunResult
 from kdna.train.devices import Precision, autocast_for, loader_options, loader_workers
 from kdna.train.evaluate import Metrics, evaluate, recalibrate_batchnorm
-from kdna.train.finetune import Comparison, compare_methods, train_at
 from kdna.train.interrupt import TrainingInterrupted
 from kdna.train.loop import NonFiniteLossError, TrainConfig, TrainResult, fit
-from kdna.train.methods import METHODS, FinetuneMethod, prepare
-from kdna.train.protocol import Protocol
 from kdna.train.schedule import build_optimizer, warmup_cosine
 
-__all__ = ["METHODS", "Comparison", "FinetuneMethod", "MethodSummary", "Metrics",
-           "NonFiniteLossError", "Precision", "Protocol", "RunResult", "TrainConfig",
-           "TrainResult", "TrainingInterrupted", "autocast_for", "build_optimizer",
-           "check_writable", "compare_methods", "distributed", "evaluate", "fit",
-           "load_checkpoint", "loader_options", "loader_workers", "prepare",
-           "recalibrate_batchnorm", "rng_state", "save_checkpoint", "set_rng_state", "train_at",
-           "warmup_cosine"]
+__all__ = ["Metrics", "NonFiniteLossError", "Precision", "TrainConfig", "TrainResult",
+           "TrainingInterrupted", "autocast_for", "build_optimizer", "check_writable",
+           "distributed", "evaluate", "fit", "load_checkpoint", "loader_options",
+           "loader_workers", "recalibrate_batchnorm", "rng_state", "save_checkpoint",
+           "set_rng_state", "warmup_cosine"]

@@ -19,7 +19,7 @@ from kdna._checks import (
     positive_float,
     positive_int,
 )
-from kdna.train.schedule import OPTIMIZERS
+from kdna.train.schedule import DECAY_ON, OPTIMIZERS
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "check_fit_args"]
 
@@ -33,7 +33,11 @@ class TrainConfig:
     optimizer: str = "sgd"           # "sgd" (momentum, the reference) or "adamw"
     lr: float = 0.1                  # peak learning rate, reached at the end of warm-up
     momentum: float = 0.9            # SGD momentum (AdamW: beta1)
-    weight_decay: float = 1e-4       # applied to every trainable parameter, as the reference
+    weight_decay: float = 1e-4       # how strongly weights are pulled towards zero
+    weight_decay_on: str = "all"     # "all": every trainable parameter (the reference);
+    #                                   "weights": kernels and weight matrices only, not norms,
+    #                                   biases, static scales or gates (fine-tuning;
+    #                                   kdna.train.schedule.weight_decay_groups)
     warmup_epochs: float = 0.0       # linear warm-up length (fractions allowed)
     eta_min: float = 0.0             # learning rate at the end of the cosine
     label_smoothing: float = 0.0     # cross-entropy label smoothing
@@ -66,6 +70,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             positive_int(name, getattr(self, name))
         one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("weight_decay_on", self.weight_decay_on, DECAY_ON)
         if self.amp_dtype is not None:
             one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
         positive_float("lr", self.lr)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from kdna._checks import one_of
+from kdna.nn.utils import default_device
 
 __all__ = ["DTYPES", "Precision", "autocast_for", "loader_options", "loader_workers"]
 
@@ -61,10 +62,6 @@ class Precision(NamedTuple):
         return f"{name} autocast" + (" with a gradient scaler" if self.use_scaler else "")
 
 
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def autocast_for(device: torch.device | str | None = None, *, amp: bool | None = None,
                  dtype: str | torch.dtype | None = None) -> Precision:
     """The mixed precision to train with on ``device`` (default: CUDA when available).
@@ -75,7 +72,7 @@ def autocast_for(device: torch.device | str | None = None, *, amp: bool | None =
         dtype: ``"bfloat16"`` or ``"float16"`` (or the torch dtype) to override the choice
             by compute capability (module docstring); float16 always comes with a scaler.
     """
-    device = _device(device)
+    device = default_device(device)
     cuda = device.type == "cuda" and torch.cuda.is_available()
     if not (amp if amp is not None else cuda):
         return Precision(False, torch.float32, False)
@@ -110,7 +107,7 @@ def loader_workers(device: torch.device | str | None = None) -> int:
     every epoch; and the offline sets are in-memory uint8 tensors whose transforms take
     microseconds an item. Worker start-up then costs more than loading in the main process.
     """
-    if _device(device).type != "cuda":
+    if default_device(device).type != "cuda":
         return 0
     return max(0, min(4, _usable_cpus() - 1))
 
@@ -120,6 +117,6 @@ def loader_options(device: torch.device | str | None = None, workers: int | None
     """``num_workers`` (``workers``, or :func:`loader_workers` when ``None``) and
     ``pin_memory`` (on CUDA: page-locked batches copy to the GPU asynchronously) for a
     ``torch.utils.data.DataLoader`` feeding ``device``."""
-    device = _device(device)
+    device = default_device(device)
     return {"num_workers": loader_workers(device) if workers is None else workers,
             "pin_memory": device.type == "cuda"}

@@ -7,7 +7,7 @@ Accuracies are fractions in [0, 1] (printed tables show them as percentages).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,17 @@ class Metrics:
     top1: float  # fraction of samples whose arg-max class is the label
     top5: float  # fraction whose label is among the 5 (or all, if fewer) highest logits
     samples: int
+    # with evaluate(confusion=True): [classes, classes] counts, row = label, column = the
+    # arg-max class; its diagonal over its row sums is each class's accuracy
+    confusion: torch.Tensor | None = field(default=None, compare=False)
+
+    def per_class(self) -> list[float]:
+        """Each class's accuracy (a fraction; NaN for a class with no sample)."""
+        if self.confusion is None:
+            raise ValueError("these metrics carry no confusion matrix; evaluate with "
+                             "confusion=True")
+        counts = self.confusion.sum(dim=1).double()
+        return (self.confusion.diagonal().double() / counts).tolist()
 
 
 def device_batches(loader: DataLoader, device: torch.device, channels_last: bool, desc: str,
@@ -48,7 +59,8 @@ def device_batches(loader: DataLoader, device: torch.device, channels_last: bool
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
              device: torch.device | str | None = None, workers: int | None = None,
-             progress: bool = True, channels_last: bool = False) -> Metrics:
+             progress: bool = True, channels_last: bool = False, confusion: bool = False
+             ) -> Metrics:
     """Cross-entropy, top-1 and top-5 accuracy (fractions) of ``model`` on ``dataset``, in
     eval mode.
 
@@ -56,7 +68,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     ...`` (no padding, unlike ``DistributedSampler``: every sample counts exactly once) and
     the sums are all-reduced, so every rank returns the metrics of the whole data set.
     ``workers``: DataLoader worker processes (``None``: :func:`kdna.train.devices.loader_workers`
-    of the model's device).
+    of the model's device). ``confusion``: also count the confusion matrix
+    (:attr:`Metrics.confusion`).
     """
     if device is not None:
         model.to(device)
@@ -69,6 +82,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    matrix = None
     for images, labels in device_batches(loader, device, channels_last, "eval",
                                          progress and rank() == 0):
         logits = model(images).float()
@@ -77,13 +91,21 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
         totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
                                hits[:, 0].sum(), hits.any(dim=1).sum(),
                                torch.tensor(len(labels), device=device)]).double()
+        if confusion:
+            classes = logits.shape[1]
+            counts = torch.bincount(labels * classes + top[:, 0], minlength=classes ** 2)
+            matrix = counts if matrix is None else matrix + counts
     if distributed:
         dist.all_reduce(totals)
+        if matrix is not None:
+            dist.all_reduce(matrix)
     model.train(was_training)
     loss, top1, top5, n = totals.tolist()
     if n == 0:
         raise ValueError("cannot evaluate on an empty data set")
-    return Metrics(loss / n, top1 / n, top5 / n, int(n))
+    if matrix is not None:
+        matrix = matrix.view(classes, classes).cpu()
+    return Metrics(loss / n, top1 / n, top5 / n, int(n), matrix)
 
 
 def _local(model: nn.Module) -> nn.Module:

@@ -85,9 +85,10 @@ class _Run:
         torch.manual_seed(config.seed)
         self.model = self._place(model)
         self._build_loader(train_set)
-        self.optimizer = build_optimizer(self.model.parameters(), config.optimizer, lr=config.lr,
+        self.optimizer = build_optimizer(self.model, config.optimizer, lr=config.lr,
                                          momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+                                         weight_decay=config.weight_decay,
+                                         decay_on=config.weight_decay_on)
         total = config.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
             total, round(config.warmup_epochs * self.steps_per_epoch),

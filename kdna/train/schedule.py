@@ -1,7 +1,8 @@
 """The optimiser and learning-rate schedule that every kdna training loop shares.
 
 * :func:`build_optimizer`: SGD with momentum (the reference recipe) or AdamW, over the
-  parameters that require grad;
+  parameters that require grad, with weight decay on every one of them (the reference) or
+  only on kernels and weight matrices (:func:`weight_decay_groups`, what fine-tuning uses);
 * :func:`warmup_cosine`: the per-step factor of ``torch.optim.lr_scheduler.LambdaLR``, a
   linear warm-up then a cosine decay (or a constant).
 
@@ -18,32 +19,78 @@ import torch
 from torch import nn
 
 from kdna._checks import int_at_least, non_negative_float, one_of, positive_float, positive_int
+from kdna.nn.conv import KernelChild
+from kdna.nn.gate import ChannelGate
+from kdna.nn.norm import NORM_LAYERS
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "warmup_cosine"]
+__all__ = ["DECAY_ON", "OPTIMIZERS", "build_optimizer", "warmup_cosine", "weight_decay_groups"]
 
 OPTIMIZERS = ("sgd", "adamw")
+DECAY_ON = ("all", "weights")  # what weight decay falls on: every parameter, or weights only
 
 
-def build_optimizer(params: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def _exempt_from_decay(model: nn.Module) -> set[int]:
+    """The ids of the parameters that weight decay should not pull towards zero."""
+    exempt = {id(p) for p in model.parameters() if p.dim() < 2}  # biases, 1-D scales
+    for module in model.modules():
+        if isinstance(module, (*NORM_LAYERS, ChannelGate)):
+            exempt |= {id(p) for p in module.parameters()}
+        elif isinstance(module, KernelChild):
+            exempt.add(id(module.filter_scale))
+            if module.spatial_scale is not None:
+                exempt.add(id(module.spatial_scale))
+    return exempt
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """``model``'s trainable parameters in two optimizer groups: kernels and weight matrices
+    (convolutions, linear layers, LoRA's matrices, relaxed children's residuals) with
+    ``weight_decay``, and everything else with none: every norm's scale and shift, every
+    bias, KernelDNA's static scales and gates. Decay pulls a parameter towards zero; for a
+    scale that multiplies ``1 + f`` or a gate, zero is not "small", it is a different function
+    (nanoGPT's ``configure_optimizers`` makes the same split by dimension)."""
+    non_negative_float("weight_decay", weight_decay)
+    exempt = _exempt_from_decay(model)
+    trainable = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    groups = [{"params": [p for p in trainable if id(p) not in exempt],
+               "weight_decay": weight_decay},
+              {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(params: Iterable[nn.Parameter] | nn.Module, name: str, *, lr: float,
+                    momentum: float, weight_decay: float, decay_on: str = "all"
+                    ) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` with ``momentum`` (``name="sgd"``) or ``torch.optim.AdamW`` with
-    betas ``(momentum, 0.999)`` (``name="adamw"``), over those ``params`` that require grad.
+    betas ``(momentum, 0.999)`` (``name="adamw"``), over the parameters that require grad.
 
-    ``weight_decay`` applies to every one of them, as in the reference code.
+    ``params`` is a module or its parameters. ``weight_decay`` applies to every one of them
+    with ``decay_on="all"`` (the reference code), or, with ``decay_on="weights"`` (``params``
+    must then be the module), only to kernels and weight matrices
+    (:func:`weight_decay_groups`).
 
     Raises:
-        ValueError: an unknown ``name``, a learning rate that is not positive, or no
-            parameter that requires grad (e.g. after freezing everything).
+        ValueError: an unknown ``name`` or ``decay_on``, a learning rate that is not positive,
+            or no parameter that requires grad (e.g. after freezing everything).
     """
     one_of("optimizer", name, OPTIMIZERS)
+    one_of("decay_on", decay_on, DECAY_ON)
     positive_float("lr", lr)
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
+    if decay_on == "weights":
+        if not isinstance(params, nn.Module):
+            raise TypeError(f"decay_on='weights' needs the module, to tell its norms and "
+                            f"adapters from its weights; got {type(params).__name__}")
+        groups = weight_decay_groups(params, weight_decay)
+    else:
+        modules = params.parameters() if isinstance(params, nn.Module) else params
+        unique = {id(p): p for p in modules if p.requires_grad}.values()
+        groups = [{"params": list(unique), "weight_decay": weight_decay}] if unique else []
+    if not groups:
         raise ValueError("no trainable parameter: every parameter has requires_grad=False "
                          "(unfreeze some, e.g. with kdna.adapter_only)")
     if name == "sgd":
-        return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(trainable, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, *, floor: float = 0.0, offset: int = 0,

@@ -5,8 +5,8 @@ head), gives it a new head for the task's classes and sets ``requires_grad`` on 
 parameters it trains; :func:`prepare` does that and returns a :class:`Prepared` that names
 them. :data:`METHODS` holds them by name:
 
-* ``linear_probe``: the new head only. Every BatchNorm stays in eval mode while training
-  (:class:`FrozenStatistics`): batches are normalised with the ImageNet running statistics,
+* ``linear_probe``: the new head only. Every BatchNorm is frozen while training
+  (:func:`kdna.nn.freeze_batchnorm`): batches are normalised with the ImageNet running statistics,
   which never move, so the head reads the features exactly as the pretrained network makes
   them;
 * ``norms_head``: every normalisation layer's scale and shift, and the head;
@@ -25,7 +25,7 @@ them. :data:`METHODS` holds them by name:
   then adapters, norms and head fine-tuned.
 
 The probe keeps its BatchNorms in eval mode whatever the protocol says; for the others the
-protocol decides (:attr:`kdna.train.protocol.Protocol.batchnorm`). A method that cannot be
+protocol decides (:attr:`kdna.finetune.protocol.Protocol.batchnorm`). A method that cannot be
 prepared (a missing extra, a conversion step that fails) raises
 :class:`MethodFailed` naming the method and why.
 """
@@ -46,9 +46,10 @@ from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan, convert
 from kdna.conversion.freeze import adapter_only
 from kdna.conversion.plan import plan_conversion
+from kdna.nn.norm import freeze_batchnorm
 from kdna.nn.utils import eval_mode, head_name, replace_module
 
-__all__ = ["METHODS", "FinetuneMethod", "FrozenStatistics", "MethodContext", "MethodFailed",
+__all__ = ["METHODS", "FinetuneMethod", "MethodContext", "MethodFailed",
            "Prepared", "get_method", "inference_form", "list_methods", "lora_targets",
            "prepare", "trainable_names"]
 
@@ -59,36 +60,25 @@ class MethodFailed(RuntimeError):
     """A method could not be prepared; the message names the method and the reason."""
 
 
-class FrozenStatistics(nn.Module):
-    """``module`` with every BatchNorm kept in eval mode, whatever ``train()`` says: batches
-    are normalised with the running statistics, and those never move."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
-
-    def train(self, mode: bool = True) -> FrozenStatistics:
-        super().train(mode)
-        for m in self.module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
-
-
 @dataclass
 class MethodContext:
     """What preparing a method may use besides the pretrained network."""
 
     num_classes: int  # the task's classes: the size of the new head
     example_inputs: Tensor  # a batch of task images, for the conversions' probes
-    images: Tensor | None = None  # unlabeled task training images (kdna_shared's recovery)
+    # unlabeled task training images (kdna_shared's recovery), or a function that reads them
+    # when first needed (most methods never do)
+    images: Tensor | Callable[[], Tensor] | None = None
     seed: int = 0  # the new head's initialisation (and LoRA's)
     progress: bool = False
     memo: dict[Any, Any] = field(default_factory=dict)  # expensive steps kept across calls
     notes: dict[str, str] = field(default_factory=dict)  # method name -> what preparing did
+
+    def unlabeled_images(self) -> Tensor | None:
+        """:attr:`images`, read now if it was given as a function."""
+        if callable(self.images):
+            self.images = self.images()
+        return self.images
 
     def new_head(self, model: nn.Module) -> nn.Module:
         """Replace ``model``'s head (its last ``nn.Linear``) by a fresh one for the task."""
@@ -114,6 +104,7 @@ class FinetuneMethod:
     build: Callable[..., nn.Module]  # (copy of the pretrained network, context, **settings)
     settings: Mapping[str, Any] = field(default_factory=dict)  # part of every cache key
     kernel_dna: bool = False  # whether its task file is a kdna.save_adapters folder
+    in_place: bool = False  # KernelDNA adapters in place: the network's function kept at start
 
 
 @dataclass
@@ -151,7 +142,7 @@ def _train_only(model: nn.Module, *, norms: bool = False, biases: bool = False) 
 def _probe(model: nn.Module, context: MethodContext) -> nn.Module:
     context.new_head(model)
     _train_only(model)
-    return FrozenStatistics(model)
+    return freeze_batchnorm(model)
 
 
 def _norms_head(model: nn.Module, context: MethodContext, *, biases: bool = False
@@ -208,10 +199,10 @@ def _recovered(teacher: nn.Module, context: MethodContext, saving: float, steps:
     except ImportError as error:
         raise MethodFailed(f"kdna_shared needs kdna.conversion.budget.plan_by_damage and "
                            f"kdna.conversion.recovery.distill: {error}") from error
-    if context.images is None or len(context.images) < 2:
+    images = context.unlabeled_images()
+    if images is None or len(images) < 2:
         raise MethodFailed("kdna_shared needs unlabeled training images (context.images) to "
                            "distil the shared network towards the original")
-    images = context.images
     held_out, images = images[: max(1, len(images) // 8)], images[max(1, len(images) // 8):]
     try:
         student = copy.deepcopy(teacher)
@@ -243,7 +234,7 @@ def _recovered(teacher: nn.Module, context: MethodContext, saving: float, steps:
 
 def _kdna_shared(model: nn.Module, context: MethodContext, *, saving: float,
                  block_steps: int, logit_steps: int, lr: float) -> nn.Module:
-    key = ("kdna_shared", id(context.images), saving, block_steps, logit_steps, lr)
+    key = ("kdna_shared", id(context.unlabeled_images()), saving, block_steps, logit_steps, lr)
     if key not in context.memo:
         context.memo[key] = _recovered(model, context, saving, (block_steps, logit_steps), lr)
     student, note = context.memo[key]
@@ -283,7 +274,8 @@ def _methods() -> dict[str, FinetuneMethod]:
          "images, then the children's adapters, norms and head", _kdna_shared,
          {"saving": 0.05, "block_steps": 100, "logit_steps": 50, "lr": 1e-3}, True),
     ]
-    return {name: FinetuneMethod(name, label, trains, build, settings, kernel_dna)
+    return {name: FinetuneMethod(name, label, trains, build, settings, kernel_dna,
+                                 in_place=build is _kdna_in_place)
             for name, label, trains, build, settings, kernel_dna in rows}
 
 
@@ -323,10 +315,8 @@ def prepare(method: str | FinetuneMethod, pretrained: nn.Module, context: Method
 
 
 def inference_form(model: nn.Module) -> nn.Module:
-    """The plain network a prepared (and trained) one deploys as: the probe's wrapper taken
-    off, LoRA merged into its kernels (peft's ``merge_and_unload``); others as they are."""
-    if isinstance(model, FrozenStatistics):
-        return model.module
+    """The plain network a prepared (and trained) one deploys as: LoRA merged into its
+    kernels (peft's ``merge_and_unload``); others as they are."""
     if hasattr(model, "merge_and_unload"):
         return copy.deepcopy(model).merge_and_unload()
     return model

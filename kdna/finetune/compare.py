@@ -1,9 +1,9 @@
 """Compare fine-tuning methods under one protocol: :func:`compare_methods`.
 
-For each method (:mod:`kdna.train.methods`): train it at every learning rate of the
+For each method (:mod:`kdna.finetune.methods`): train it at every learning rate of the
 protocol's grid with the selection seed, keep the rate with the best *validation* accuracy,
 train the other seeds at that rate, and evaluate every seed's model at that rate on the
-*test* split (:mod:`kdna.train.protocol`). A method that trains exactly the parameters of one
+*test* split (:mod:`kdna.finetune.protocol`). A method that trains exactly the parameters of one
 already compared (BitFit on a network without convolution biases is norms + head) is not run
 again; one that cannot be prepared is reported with the reason. Runs are cached under the
 cache root, each keyed by a hash of its whole configuration; :class:`Comparison` says how
@@ -23,23 +23,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdna._checks import module_arg
-from kdna.nn.utils import device_description
-from kdna.train.comparison import MethodSummary, RunResult, choose_lr, summarise
-from kdna.train.evaluate import evaluate
-from kdna.train.methods import FinetuneMethod, MethodContext, MethodFailed, get_method, prepare
-from kdna.train.protocol import (
+from kdna.finetune.methods import FinetuneMethod, MethodContext, MethodFailed, get_method, prepare
+from kdna.finetune.protocol import (
     Protocol,
     ProtocolSplits,
-    cached_run,
-    default_cache,
     example_batch,
     pretrained_network,
     protocol_splits,
     run_key,
-    store_run,
-    train_run,
     training_images,
 )
+from kdna.finetune.results import MethodSummary, RunResult, choose_lr, summarise
+from kdna.finetune.runs import cached_run, default_cache, store_run, train_run
+from kdna.nn.utils import default_device, device_description
+from kdna.train.evaluate import evaluate
 
 __all__ = ["Comparison", "LiveRuns", "compare_methods", "method_context", "train_at"]
 
@@ -69,12 +66,22 @@ class Comparison:
                          f"{', '.join(s.method for s in self.summaries)}")
 
 
+def _tested_splits(protocol: Protocol) -> ProtocolSplits:
+    """The protocol's splits; a comparison reports on test, so the data must have one."""
+    splits = protocol_splits(protocol)
+    if splits.test is None:
+        raise ValueError(f"a comparison reports test accuracy, and {protocol.data!r} has no "
+                         f"test split ({splits.sources.get('test', 'none')}); give data with "
+                         f"one, e.g. a folder with train/ and test/")
+    return splits
+
+
 def method_context(splits: ProtocolSplits, protocol: Protocol, *, progress: bool = False
                    ) -> MethodContext:
     """The :class:`MethodContext` of a protocol's splits: the probe batch and the unlabeled
     training images for recovery."""
     return MethodContext(num_classes=splits.num_classes, example_inputs=example_batch(splits),
-                         images=training_images(splits, protocol.recovery_images),
+                         images=lambda: training_images(splits, protocol.recovery_images),
                          progress=progress)
 
 
@@ -159,12 +166,12 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
     """Run ``protocol`` for every method in ``methods`` (see the module docstring).
 
     Args:
-        methods: names in :data:`kdna.train.methods.METHODS`, or :class:`FinetuneMethod`\\ s.
+        methods: names in :data:`kdna.finetune.methods.METHODS`, or :class:`FinetuneMethod`\\ s.
         device: where to train (default: CUDA when available).
         cache: a folder for the runs' JSON, ``"default"`` (``<cache root>/finetune``) or
             ``None`` (train everything, store nothing).
         pretrained: the network every method starts from (default:
-            :func:`kdna.train.protocol.pretrained_network`); it is never changed.
+            :func:`kdna.finetune.protocol.pretrained_network`); it is never changed.
         skip_duplicates: report a method that trains exactly the parameters of an earlier
             one as the same, without training it again.
     """
@@ -172,9 +179,9 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
     chosen = [get_method(m) for m in methods]
     if not chosen:
         raise ValueError("compare_methods needs at least one method, got none")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     folder = default_cache() if cache == "default" else None if cache is None else Path(cache)
-    splits = protocol_splits(protocol)
+    splits = _tested_splits(protocol)
     pretrained = pretrained_network(protocol) if pretrained is None else module_arg(
         "pretrained", pretrained)
     context = method_context(splits, protocol)
@@ -223,9 +230,9 @@ def train_at(lrs: dict[str, float], protocol: Protocol, *, seed: int = 0,
     """Train each method of ``lrs`` (name -> learning rate, one of the protocol's grid) once
     with ``seed``, evaluated on validation and test: no choosing, e.g. to check a committed
     comparison at the rates it chose. Cached as :func:`compare_methods` caches its runs."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     folder = default_cache() if cache == "default" else None if cache is None else Path(cache)
-    splits = protocol_splits(protocol)
+    splits = _tested_splits(protocol)
     pretrained = pretrained_network(protocol) if pretrained is None else pretrained
     context = method_context(splits, protocol)
     live = LiveRuns([], [], folder, [], splits)
