@@ -11,8 +11,8 @@ $(STAMP): requirements-ci.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-ci.txt
 	touch $@
 
-## demo: the main job on the embedded default, offline: convert the pretrained EfficientNet-Lite0,
-## fine-tune its KernelDNA adapters on MNIST, write runs/demo/report.md (a few CPU minutes)
+## demo: the main job on the embedded default, offline: `kdna finetune` on a folder of real digits
+## (EfficientNet-Lite0, KernelDNA adapters beside norms + head), then `kdna predict`; runs/demo/
 demo: $(STAMP)
 	$(BIN)/kdna demo
 
