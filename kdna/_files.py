@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["write_atomically"]
+__all__ = ["read_record", "write_atomically"]
 
 
 def _umask() -> int:
@@ -41,3 +42,23 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_record(path: Path, kind: str, version: int, written_by: str) -> dict[str, Any]:
+    """The JSON object in ``path`` whose ``"format"`` is ``kind`` and ``"version"`` is
+    ``version``: a ``FileNotFoundError`` that says what writes such a file when it is
+    missing, a ``ValueError`` naming the file when it is not that JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} in {path.parent}: expected a folder written "
+                                f"by {written_by}")
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != kind:
+        raise ValueError(f"{path} is not a {kind} file (format {kind!r} expected)")
+    if record.get("version") != version:
+        raise ValueError(f"{path} has {kind} format version {record.get('version')!r}; this "
+                         f"kdna reads version {version}")
+    return record
