@@ -84,7 +84,7 @@ def images(device):
 
 def pytest_collection_modifyitems(session, config, items):
     """Tests marked ``after_notebooks`` run last (the sort is stable): they use what the
-    notebooks left behind, notebook 05's cached fine-tuning and the executed notebooks."""
+    notebooks left behind, notebook 06's cached fine-tuning and the executed notebooks."""
     items.sort(key=lambda item: item.get_closest_marker("after_notebooks") is not None)
 
 

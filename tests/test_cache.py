@@ -16,7 +16,7 @@ from kdna.data.shapes import penn_fudan
 def test_kdna_cache_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("KDNA_CACHE", str(tmp_path / "here"))
     assert cache_root() == tmp_path / "here"
-    assert cache_root("07_dense", "a.pt") == tmp_path / "here" / "07_dense" / "a.pt"
+    assert cache_root("08_dense", "a.pt") == tmp_path / "here" / "08_dense" / "a.pt"
     assert not (tmp_path / "here").exists()  # nothing is created
 
 

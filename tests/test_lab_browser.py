@@ -1,13 +1,13 @@
 """The routing explorer works in JupyterLab itself, driven through a real browser.
 
 JupyterLab is started on 127.0.0.1 with a token, in a temporary folder that holds a copy of
-notebook 05; headless Chromium (Debian's, driven by Playwright: no browser download) opens it,
+notebook 06; headless Chromium (Debian's, driven by Playwright: no browser download) opens it,
 runs every cell, then uses the explorer's own controls, as a reader would, to pick another
 image and another child, and checks each time that the gate figure drawn in the page changed.
 Screenshots go to ``build/browser/``.
 
 The test runs after the notebooks in ``make test`` (marker ``after_notebooks``), so notebook
-05's fine-tuning is read from the cache that nbval's run left under ``$KDNA_CACHE``. It is
+06's fine-tuning is read from the cache that nbval's run left under ``$KDNA_CACHE``. It is
 skipped, saying why, only where Chromium is not installed (``make test`` installs it where
 apt-get and root are available).
 """
@@ -38,7 +38,7 @@ except FileNotFoundError as missing:
 from playwright.sync_api import Page, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "05_routing_explorer.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "06_routing_explorer.ipynb"
 SHOTS = ROOT / "build" / "browser"
 RUN_TIMEOUT_MS = 540_000  # the whole notebook, from a cold cache in the worst case
 

@@ -9,14 +9,20 @@ from kdna.conversion import Agreement, ChildFit, ConversionReport, SharedGroup
 from kdna.viz import (
     accuracy_vs_parameters,
     attribution_overlay,
+    confident_mistakes,
+    confusion_heatmap,
     conversion_tradeoff,
     fit_errors,
+    image_grid,
     image_predictions,
     kernel_family,
     layer_scores,
+    mistakes_grid,
+    pictures,
     routing_heatmap,
     routing_profile,
     similarity_heatmap,
+    training_curves,
 )
 
 
@@ -147,3 +153,90 @@ def test_layer_scores_is_one_bar_per_layer():
     assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "share"
     with pytest.raises(ValueError, match="at least one layer"):
         layer_scores({}, title="t", yaxis="y")
+
+
+def test_pictures_undo_the_normalisation_into_uint8_arrays():
+    mean, std = (0.5, 0.4, 0.3), (0.5, 0.2, 0.1)
+    raw = torch.tensor([[0.0, 1.0], [0.5, 0.25]])  # pixel values in [0, 1]
+    image = torch.stack([(raw - m) / s for m, s in zip(mean, std, strict=True)])
+    (rgb,) = pictures(image[None], mean, std)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[..., 1].tolist() == [[0, 255], [128, 64]]
+    (grey,) = pictures(torch.full((1, 1, 3, 3), 9.0), (0.0,), (1.0,))  # clipped, one channel
+    assert grey.shape == (3, 3) and (grey == 255).all()
+    with pytest.raises(ValueError, match="one mean and std per channel"):
+        pictures(image, (0.5,), (0.5,))
+
+
+def test_image_grid_captions_each_image_with_its_class():
+    data = torch.utils.data.TensorDataset(torch.zeros(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1]))
+    fig = image_grid(data, classes=["zero", "one", "two"], mean=(0, 0, 0), std=(1, 1, 1),
+                     count=4, cols=2, title="Training images")
+    assert [t.type for t in fig.data] == ["image"] * 4
+    assert [a.text for a in fig.layout.annotations] == ["zero", "one", "two", "zero"]
+    assert fig.layout.title.text == "Training images"
+    picked = image_grid(data, classes=["zero", "one", "two"], mean=(0, 0, 0), std=(1, 1, 1),
+                        indices=[4])
+    assert [a.text for a in picked.layout.annotations] == ["one"]
+    with pytest.raises(ValueError, match="at least one image"):
+        image_grid(data, classes=["a", "b", "c"], mean=(0, 0, 0), std=(1, 1, 1), indices=[])
+
+
+def test_training_curves_draw_loss_and_accuracy_per_split_and_run():
+    history = [{"step": 30, "train_loss": 1.5, "train_top1": 0.5, "val_loss": 1.0,
+                "val_top1": 0.6},
+               {"step": 60, "train_loss": 0.5, "train_top1": 0.8, "val_loss": 0.4,
+                "val_top1": 0.9}]
+    fig = training_curves(history, title="Fine-tuning")
+    assert [t.name for t in fig.data] == ["training batches", "validation"] * 2
+    assert list(fig.data[3].y) == pytest.approx([60.0, 90.0])  # accuracy in %
+    assert list(fig.data[0].x) == [30, 60] and fig.layout.title.text == "Fine-tuning"
+    assert fig.layout.xaxis.title.text == "optimizer step"
+    assert fig.layout.yaxis.title.text == "cross-entropy loss"
+    assert fig.layout.yaxis2.title.text == "top-1 accuracy (%)"
+    no_val = [{k: v for k, v in row.items() if not k.startswith("val")} for row in history]
+    runs = training_curves({"adapters": history, "head": no_val})
+    assert [t.name for t in runs.data] == ["adapters, train", "adapters, val"] * 2 + [
+        "head, train"] * 2
+    assert [t.showlegend for t in runs.data] == [True, True, False, False, True, False]
+    with pytest.raises(ValueError, match="at least one history row"):
+        training_curves({"a": []})
+
+
+def test_confusion_heatmap_colours_row_shares_and_labels_counts():
+    matrix = torch.tensor([[3, 1], [0, 0]])
+    fig = confusion_heatmap(matrix, ["cat", "dog"], title="Test split")
+    (heat,) = fig.data
+    assert np.asarray(heat.z).tolist() == [[0.75, 0.25], [0.0, 0.0]]  # an empty row stays 0
+    assert np.asarray(heat.text).tolist() == [[3, 1], [0, 0]]
+    assert list(heat.x) == list(heat.y) == ["cat", "dog"]
+    assert fig.layout.xaxis.title.text == "predicted class"
+    assert fig.layout.yaxis.title.text == "true class" and fig.layout.title.text == "Test split"
+    with pytest.raises(ValueError, match="must be 3x3"):
+        confusion_heatmap(matrix, ["a", "b", "c"])
+
+
+def test_confident_mistakes_are_the_wrong_predictions_most_confident_first():
+    probabilities = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert confident_mistakes(probabilities, labels) == [2, 3, 1]
+    assert confident_mistakes(probabilities, labels, count=1) == [2]
+    assert confident_mistakes(probabilities, torch.tensor([0, 1, 1, 0])) == []
+    with pytest.raises(ValueError, match="labels \\[N\\]"):
+        confident_mistakes(probabilities, labels[:3])
+
+
+def test_mistakes_grid_names_true_and_predicted_class():
+    data = torch.utils.data.TensorDataset(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 1]))
+    probabilities = torch.tensor([[0.9, 0.1], [0.75, 0.25], [0.2, 0.8]])
+    fig = mistakes_grid(data, probabilities, torch.tensor([0, 1, 1]), classes=["a", "b"],
+                        mean=(0.5,), std=(0.5,))
+    assert [t.type for t in fig.data] == ["image"]
+    assert [a.text for a in fig.layout.annotations] == ["true b<br>predicted a (75%)"]
+    assert fig.layout.title.text == "The most confident mistakes"
+    right = mistakes_grid(data, probabilities, torch.tensor([0, 0, 1]), classes=["a", "b"],
+                          mean=(0.5,), std=(0.5,))
+    assert not right.data and "no mistakes" in right.layout.annotations[0].text
+    with pytest.raises(ValueError, match="one row of probabilities per item"):
+        mistakes_grid(data, probabilities[:2], torch.tensor([0, 1]), classes=["a", "b"],
+                      mean=(0.5,), std=(0.5,))

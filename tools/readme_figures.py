@@ -41,7 +41,7 @@ def fit_errors_example() -> go.Figure:
 
 
 def routing_example() -> go.Figure:
-    """The routing of the fine-tuned network that notebook 05 caches (run it first)."""
+    """The routing of the fine-tuned network that notebook 06 caches (run it first)."""
     from torch.utils.data import DataLoader
 
     from kdna.analysis import capture_routing, routing_statistics
@@ -50,7 +50,7 @@ def routing_example() -> go.Figure:
     from kdna.train.checkpoint import load_checkpoint
     from kdna.viz import routing_heatmap
 
-    state = load_checkpoint(cache_root("05_routing", "last.pt"))
+    state = load_checkpoint(cache_root("06_routing", "last.pt"))
     model = kdna.create_model("efficientnet_lite0", kernel_dna=False, num_classes=10)
     kdna.convert(model, groups=state["meta"]["layout"])
     model.load_state_dict(state["model"])

@@ -29,7 +29,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
 # the photographs among them (no rendered logo, text, page or colour wheel)
 NATURAL_PHOTOS = tuple(p for p in PHOTOS if p not in ("colorwheel", "logo", "page", "text"))
 # a split of them into disjoint photos: images to recover a shared network on, images to
-# measure it on (benchmarks/share_recovery.py, notebook 02)
+# measure it on (benchmarks/share_recovery.py, notebook 03)
 HELD_OUT_PHOTOS = ("chelsea", "rocket", "camera", "gravel", "flower")
 RECOVERY_PHOTOS = tuple(p for p in NATURAL_PHOTOS if p not in HELD_OUT_PHOTOS)
 

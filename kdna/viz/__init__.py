@@ -1,6 +1,7 @@
-"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`, and one input's routing
-through one child in :mod:`kdna.viz.gates`; each returns a ``go.Figure``) and ipywidgets
-explorers (:mod:`kdna.viz.widgets`, imported on its own).
+"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; one input's routing through
+one child in :mod:`kdna.viz.gates`; a fine-tuning run's images, curves, confusion matrix and
+mistakes in :mod:`kdna.viz.finetuning`; each returns a ``go.Figure``) and ipywidgets explorers
+(:mod:`kdna.viz.widgets`, imported on its own).
 
 Needs the ``viz`` extra (plotly; the widgets also ipywidgets): ``pip install 'kdna[viz]'``.
 """
@@ -18,6 +19,14 @@ from kdna.viz.figures import (
     routing_profile,
     similarity_heatmap,
 )
+from kdna.viz.finetuning import (
+    confident_mistakes,
+    confusion_heatmap,
+    image_grid,
+    mistakes_grid,
+    pictures,
+    training_curves,
+)
 from kdna.viz.gates import (
     changed_channels_html,
     effective_kernel_figure,
@@ -26,6 +35,8 @@ from kdna.viz.gates import (
 )
 
 __all__ = ["accuracy_vs_parameters", "attribution_overlay", "changed_channels_html",
-           "conversion_tradeoff", "effective_kernel_figure", "fit_errors", "gate_comparison_figure",
-           "gate_figure", "image_predictions", "kernel_family", "layer_scores", "recovery_curve",
-           "routing_heatmap", "routing_profile", "similarity_heatmap"]
+           "confident_mistakes", "confusion_heatmap", "conversion_tradeoff",
+           "effective_kernel_figure", "fit_errors", "gate_comparison_figure", "gate_figure",
+           "image_grid", "image_predictions", "kernel_family", "layer_scores", "mistakes_grid",
+           "pictures", "recovery_curve", "routing_heatmap", "routing_profile",
+           "similarity_heatmap", "training_curves"]
