@@ -355,6 +355,10 @@ def test_flip_follows_the_data_unless_told(tmp_path):
     assert load_data(tmp_path / "f").train.transform.transforms[0].flip
     assert not load_data(tmp_path / "f", flip=False).train.transform.transforms[0].flip
     assert not load_data("digits").train.transform.transforms[0].flip
+    _write_images(tmp_path / "photos", ("cat", "dog"), 3, size=(90, 120))
+    assert "RandomHorizontalFlip" in repr(load_data(tmp_path / "photos").train.transform)
+    assert "RandomHorizontalFlip" not in repr(
+        load_data(tmp_path / "photos", flip=False).train.transform)
 
 
 def _layout(root, splits, classes=("cat", "dog"), per_class=5):

@@ -63,12 +63,14 @@ class SmallImages:
 
 def image_transform(train: bool, *, small: bool, flip: bool, size: int, channels: int,
                     mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Small images: see :class:`SmallImages`. Photos: ImageNet-style crops and flips. Then
+    """Small images: see :class:`SmallImages`. Photos: ImageNet-style crops and (where
+    ``flip``) flips. Then
     ``channels`` channels (:class:`Channels`), normalised with ``mean`` and ``std``."""
     if small:
         steps = [SmallImages(size, train, flip)]
     elif train:
-        steps = [v2.ToImage(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+        steps = [v2.ToImage(), v2.RandomResizedCrop(size),
+                 *([v2.RandomHorizontalFlip()] if flip else [])]
     else:
         steps = [v2.ToImage(), v2.Resize(int(size / 0.875)), v2.CenterCrop(size)]
     return v2.Compose([*steps, Channels(channels), v2.ToDtype(torch.float32, scale=True),
