@@ -190,7 +190,7 @@ def test_bad_arguments(kwargs, bad):
     assert str(value) in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "flowers102", "pets"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102", "pets"])
 def test_online_set_fails_fast_offline(monkeypatch, tmp_path, name):
     def unreachable(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -209,7 +209,7 @@ def test_online_set_fails_fast_offline(monkeypatch, tmp_path, name):
 def test_list_datasets():
     sets = list_datasets()
     assert list(sets)[:4] == ["mnist", "digits", "faces", "synthetic"]
-    assert {"cifar10", "flowers102", "pets"} <= set(sets)
+    assert {"cifar10", "cifar100", "flowers102", "pets"} <= set(sets)
     kinds = [d.split(":")[0] for d in sets.values()]
     assert kinds == sorted(kinds, key=lambda k: k != "offline")
     assert all(isinstance(d, str) and "\n" not in d for d in sets.values())
@@ -283,6 +283,7 @@ class _FakeOnline(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize(("name", "official"), [
     ("cifar10", {"train": "train", "test": "test"}),
+    ("cifar100", {"train": "train", "test": "test"}),
     ("flowers102", {"train": "train", "val": "val", "test": "test"}),
     ("pets", {"train": "trainval", "test": "test"})])
 def test_online_sets_use_their_official_splits(monkeypatch, tmp_path, name, official):

@@ -35,7 +35,7 @@ def configure_finetune(p: argparse.ArgumentParser, add: Add) -> None:
     """The flags of ``kdna finetune``."""
     add(p, "--data", required=True, help="a folder of images (<class>/..., or train/ with val/ "
         "and/or test/) or a data set name: mnist, digits, faces (offline), cifar10, "
-        "flowers102, pets (online)")
+        "cifar100, flowers102, pets (online)")
     add(p, "-a", "--arch", default="efficientnet_lite0",
         help=f"the pretrained network, one of {', '.join(list_models())} (default "
         f"efficientnet_lite0: its ImageNet weights ship with pip, offline)")

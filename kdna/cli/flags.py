@@ -47,7 +47,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
 def data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     add_flag(g, "--data", default=None, help="an ImageFolder path (train/ and val/) or a data set "
-         "name: mnist, digits, faces, synthetic (offline), cifar10, flowers102, pets (online)")
+         "name: mnist, digits, faces, synthetic (offline), cifar10, cifar100, flowers102, "
+         "pets (online)")
     add_flag(g, "--dummy", action="store_true", help="a small synthetic data set (smoke test)")
     add_flag(g, "--image-size", type=int, default=None, help="input size (default 224; 64 dummy)")
     add_flag(g, "--limit", type=int, default=None, help="at most this many samples per split")

@@ -8,7 +8,8 @@
   (:mod:`kdna.data.offline`);
 * a folder of images: one folder per class, or ``train/`` with ``val/``, ``test/`` or both
   (:mod:`kdna.data.folders`);
-* an online torchvision set, ``"cifar10"``, ``"flowers102"`` or ``"pets"``, cached under
+* an online torchvision set, ``"cifar10"``, ``"cifar100"``, ``"flowers102"`` or ``"pets"``,
+  cached under
   ``root`` (default: :func:`kdna.data.cache.cache_root`); offline and not cached, it fails at
   once with a ``ConnectionError``.
 
@@ -19,11 +20,13 @@ transformed item by item on tensors, which keeps an epoch of MNIST to seconds on
 
 The three splits, each fixed by ``seed`` where it is drawn (:mod:`kdna.data.splits`):
 
-* test: the set's own test split (``test/``, CIFAR-10's and Pets' test, Flowers-102's test);
-  for the offline sets, which have none, a stratified ``test_fraction`` of the whole set; for
-  a folder without ``test/``, none (``DataSplits.test`` is ``None``, never another split);
-* train: the set's own training split (``train/``, the class folders, CIFAR-10's train, Pets'
-  trainval, Flowers-102's train); for the offline sets, the rest after the test share;
+* test: the set's own test split (``test/``, CIFAR-10's, CIFAR-100's and Pets' test,
+  Flowers-102's test); for the offline sets, which have none, a stratified ``test_fraction``
+  of the whole set; for a folder without ``test/``, none (``DataSplits.test`` is ``None``,
+  never another split);
+* train: the set's own training split (``train/``, the class folders, CIFAR-10's and
+  CIFAR-100's train, Pets' trainval, Flowers-102's train); for the offline sets, the rest
+  after the test share;
 * validation: the set's own validation split (``val/``, Flowers-102's val), else a stratified
   ``val_fraction`` carved out of train.
 
@@ -96,6 +99,10 @@ _ONLINE = {
                 datasets.CIFAR10.url, "cifar-10-batches-py", True,
                 "CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes "
                 "(torchvision, 163 MB)"),
+    "cifar100": (datasets.CIFAR100, {"train": {"train": True}, "test": {"train": False}},
+                 datasets.CIFAR100.url, "cifar-100-python", True,
+                 "CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 classes "
+                 "(torchvision, 161 MB)"),
     "flowers102": (datasets.Flowers102, {"train": {"split": "train"}, "val": {"split": "val"},
                                          "test": {"split": "test"}},
                    FLOWERS102_URL, "flowers-102/setid.mat", False,

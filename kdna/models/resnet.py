@@ -23,7 +23,7 @@ from torchvision.models import resnet as tv
 from kdna.models.layout import apply_layout, torchvision_model
 from kdna.models.pretrained import imagenet_config
 
-__all__ = ["PRETRAINED", "resnet18", "resnet50"]
+__all__ = ["PRETRAINED", "resnet18", "resnet18_groups", "resnet50"]
 
 # torchvision's ImageNet weights exist for the plain networks (the paper's layouts are deeper).
 PRETRAINED = {arch: imagenet_config(arch, "DEFAULT") for arch in ("resnet18", "resnet50")}
@@ -50,15 +50,22 @@ def _build(arch: str, block: type[nn.Module], depths: list[int], groups: dict[st
     return apply_layout(model, groups, pretrained=False)
 
 
-def resnet18(*, kernel_dna: bool = True, weights: str | None = None,
-             num_classes: int = 1000) -> nn.Module:
-    """ResNet-18: the paper's KernelDNA layout, or torchvision's plain network."""
+def resnet18_groups() -> dict[str, list[str]]:
+    """The paper's ResNet-18 sharing, ``parent -> children`` by module name, for a ResNet of
+    blocks 2, 2, 3, 3 built from ``BasicBlock`` modules named as torchvision names them (any
+    widths: :mod:`kdna.scratch` applies it to narrower networks)."""
     groups = {}
     for stage in ("layer3", "layer4"):
         groups[f"{stage}.1.conv2"] = [f"{stage}.0.conv2", f"{stage}.1.conv1"]
         groups[f"{stage}.2.conv2"] = [f"{stage}.2.conv1"]
-    return _build("resnet18", tv.BasicBlock, [2, 2, 3, 3], groups, kernel_dna=kernel_dna,
-                  weights=weights, num_classes=num_classes)
+    return groups
+
+
+def resnet18(*, kernel_dna: bool = True, weights: str | None = None,
+             num_classes: int = 1000) -> nn.Module:
+    """ResNet-18: the paper's KernelDNA layout, or torchvision's plain network."""
+    return _build("resnet18", tv.BasicBlock, [2, 2, 3, 3], resnet18_groups(),
+                  kernel_dna=kernel_dna, weights=weights, num_classes=num_classes)
 
 
 def resnet50(*, kernel_dna: bool = True, weights: str | None = None,
