@@ -17,9 +17,9 @@ from code_size import oversized  # noqa: E402  (tools/, not kdna)
 
 # The layers, lowest first: a module may import its own layer and the layers before it.
 LAYERS = ("_checks", "_extras", "_files", "nn", "conversion", "data", "models", "train", "finetune",
-          "analysis", "viz", "deploy", "bench", "dense", "cli")
+          "analysis", "viz", "deploy", "bench", "scratch", "dense", "cli")
 SUBPACKAGES = ("nn", "conversion", "data", "models", "train", "finetune", "analysis", "viz",
-               "bench", "dense", "cli")
+               "bench", "scratch", "dense", "cli")
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 

@@ -240,3 +240,25 @@ def test_mistakes_grid_names_true_and_predicted_class():
     with pytest.raises(ValueError, match="one row of probabilities per item"):
         mistakes_grid(data, probabilities[:2], torch.tensor([0, 1]), classes=["a", "b"],
                       mean=(0.5,), std=(0.5,))
+
+
+def test_accuracy_against_draws_error_bars_and_highlights_kernel_dna():
+    from kdna.viz import accuracy_against
+
+    rows = {"ResNet-18": {"throughput": 1.0, "top1": 90.0, "spread": 1.5},
+            "KernelDNA ResNet-18": {"throughput": 0.8, "top1": 91.0, "spread": 0.5},
+            "ODConv-4x": {"throughput": 0.2, "top1": 89.0}}
+    fig = accuracy_against(rows, "throughput", xaxis="throughput vs plain")
+    assert [t.name for t in fig.data] == list(rows)
+    assert list(fig.data[0].error_y.array) == [1.5] and fig.data[2].error_y.array is None
+    assert fig.data[1].marker.symbol == "square" and fig.data[0].marker.symbol.endswith("-open")
+    assert fig.layout.xaxis.title.text == "throughput vs plain"
+    assert fig.layout.xaxis.type == "linear" and fig.layout.yaxis.title.text == "test top-1 (%)"
+    assert "throughput" in fig.layout.title.text
+    logged = accuracy_against({k: {"params": 1e6, "top1": v["top1"]} for k, v in rows.items()},
+                              "params", log=True)
+    assert logged.layout.xaxis.type == "log" and "log scale" in logged.layout.xaxis.title.text
+    with pytest.raises(ValueError, match=r"result 'x' lacks \['top1'\]"):
+        accuracy_against({"x": {"params": 1}}, "params")
+    with pytest.raises(ValueError, match="at least one"):
+        accuracy_against({}, "params")

@@ -1,6 +1,7 @@
 """Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; one input's routing through
 one child in :mod:`kdna.viz.gates`; a fine-tuning run's images, curves, confusion matrix and
-mistakes in :mod:`kdna.viz.finetuning`; each returns a ``go.Figure``) and ipywidgets explorers
+mistakes in :mod:`kdna.viz.finetuning`; accuracy against a cost, with the spread over seeds,
+in :mod:`kdna.viz.tradeoffs`; each returns a ``go.Figure``) and ipywidgets explorers
 (:mod:`kdna.viz.widgets`, imported on its own).
 
 Needs the ``viz`` extra (plotly; the widgets also ipywidgets): ``pip install 'kdna[viz]'``.
@@ -33,10 +34,11 @@ from kdna.viz.gates import (
     gate_comparison_figure,
     gate_figure,
 )
+from kdna.viz.tradeoffs import accuracy_against
 
-__all__ = ["accuracy_vs_parameters", "attribution_overlay", "changed_channels_html",
-           "confident_mistakes", "confusion_heatmap", "conversion_tradeoff",
-           "effective_kernel_figure", "fit_errors", "gate_comparison_figure", "gate_figure",
-           "image_grid", "image_predictions", "kernel_family", "layer_scores", "mistakes_grid",
-           "pictures", "recovery_curve", "routing_heatmap", "routing_profile",
-           "similarity_heatmap", "training_curves"]
+__all__ = ["accuracy_against", "accuracy_vs_parameters", "attribution_overlay",
+           "changed_channels_html", "confident_mistakes", "confusion_heatmap",
+           "conversion_tradeoff", "effective_kernel_figure", "fit_errors",
+           "gate_comparison_figure", "gate_figure", "image_grid", "image_predictions",
+           "kernel_family", "layer_scores", "mistakes_grid", "pictures", "recovery_curve",
+           "routing_heatmap", "routing_profile", "similarity_heatmap", "training_curves"]
