@@ -54,7 +54,7 @@ def defines(code: str, name: str, keyword: bool) -> bool:
 
 
 def test_notebooks_are_found():
-    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 9, [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

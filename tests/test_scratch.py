@@ -222,7 +222,7 @@ def test_table_and_csv_round_trip(tmp_path):
             ScratchRow(_summary("kdna_resnet18", [0.85, 0.86], 0.75), macs=2_500_000,
                        train_seconds=120.0, images_per_second=375.0)]
     table = markdown_table(rows, [0.1])
-    assert "**81.0 ± 1.4** (2)" in table and "0.75x" in table and "2.5M" in table
+    assert "**81.0 ± 1.4** (2)" in table and "0.75x" in table and "2.50M" in table
     path = tmp_path / "scratch.csv"
     written = csv_rows(rows, device="cpu")
     with open(path, "w", newline="") as f:

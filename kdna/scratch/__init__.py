@@ -8,7 +8,8 @@ by a hash of their whole configuration):
 * :mod:`kdna.scratch.networks`: the networks, in CIFAR-style form for small images, by name
   (:data:`NETWORKS`): plain ResNet-18, the paper's KernelDNA ResNet-18, a deep and a narrow
   plain control, CondConv-8x, DY-Conv-4x, ODConv-1x and -4x, the MobileNetV2 0.5x pair;
-* :mod:`kdna.scratch.protocol`: :class:`ScratchProtocol`, what every run holds fixed;
+* :mod:`kdna.scratch.protocol`: :class:`ScratchProtocol`, what every run holds fixed, and
+  :func:`committed_protocol` (the benchmark's, on a CPU or a GPU);
 * :mod:`kdna.scratch.compare`: :func:`compare_networks` (train, choose, test), :func:`train_at`
   (given rates, one seed: a live rerun),
   :func:`measure_networks` (MACs and inference throughput, interleaved);
@@ -24,10 +25,10 @@ from kdna.scratch.compare import (
     train_network,
 )
 from kdna.scratch.networks import NETWORKS, build_network, get_network, list_networks, narrow_width
-from kdna.scratch.protocol import ScratchProtocol, scratch_splits
+from kdna.scratch.protocol import ScratchProtocol, committed_protocol, scratch_splits
 from kdna.scratch.results import ScratchRow, Verdict, claims, markdown_table, read_rows
 
 __all__ = ["NETWORKS", "ScratchComparison", "ScratchProtocol", "ScratchRow", "Verdict",
-           "build_network", "claims", "compare_networks", "get_network", "list_networks",
-           "markdown_table", "measure_networks", "narrow_width", "read_rows", "scratch_splits",
-           "train_at", "train_network"]
+           "build_network", "claims", "committed_protocol", "compare_networks", "get_network",
+           "list_networks", "markdown_table", "measure_networks", "narrow_width", "read_rows",
+           "scratch_splits", "train_at", "train_network"]

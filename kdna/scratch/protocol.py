@@ -33,7 +33,8 @@ from kdna.finetune.protocol import ProtocolSplits
 from kdna.finetune.results import SELECTION_SEED
 from kdna.scratch.networks import base_width, get_network
 
-__all__ = ["MEAN", "STD", "ScratchProtocol", "scratch_key", "scratch_splits"]
+__all__ = ["CPU_PROTOCOL", "GPU_PROTOCOL", "MEAN", "STD", "ScratchProtocol",
+           "committed_protocol", "scratch_key", "scratch_splits"]
 
 # The normalisation of every run: fixed, not fitted to the data (each network's first
 # BatchNorm follows its stem, so only the scale of the inputs' spread matters).
@@ -54,19 +55,20 @@ def _check_grid(lrs: tuple, seeds: tuple, given_lrs: object, given_seeds: object
 class ScratchProtocol:
     """Everything a from-scratch comparison holds fixed (every value checked when made)."""
 
+    # The defaults are the committed CPU protocol (benchmarks/scratch.py; GPU_PROTOCOL for a GPU)
     data: str = "mnist"  # a load_data name ("mnist", "cifar100", ...) or a folder's path
-    image_size: int = 28
-    train_images: int | None = 500  # a class-balanced prefix of the training split; None: all
+    image_size: int = 16
+    train_images: int | None = 100  # a class-balanced prefix of the training split; None: all
     val_fraction: float = 0.2  # of the training split, held out to choose the learning rate
     split_seed: int = 0  # fixes the test (offline sets) and validation splits for every seed
     width: float = 0.25  # every ResNet's widths: round(64 * width) times 1, 2, 4, 8
     steps: int = 400  # optimizer steps per run (whole passes over a seeded draw of the data)
-    batch_size: int = 32
+    batch_size: int = 20
     optimizer: str = "sgd"  # "sgd" (momentum, the paper's) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on every parameter, as the paper's recipe
     warmup: float = 0.1  # linear warm-up, a fraction of the steps; then cosine to zero
-    lrs: tuple[float, ...] = (0.03, 0.1, 0.3)  # the one grid for every network
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)  # the one grid for every network
     seeds: tuple[int, ...] = (0, 1, 2)  # the first chooses the learning rate
     augment: bool = True  # load_data's training augmentation (small shifts, turns, zooms)
 
@@ -94,6 +96,19 @@ class ScratchProtocol:
     def with_overrides(self, **overrides: Any) -> ScratchProtocol:
         """A copy with the given fields changed (``TypeError`` naming an unknown field)."""
         return checked_replace(self, "protocol", overrides)
+
+
+# The committed protocols: what benchmarks/scratch.py runs by default on each kind of device.
+CPU_PROTOCOL = ScratchProtocol()
+GPU_PROTOCOL = ScratchProtocol(data="cifar100", image_size=32, train_images=None, width=1.0,
+                               steps=5000, batch_size=128, seeds=(0, 1, 2, 3, 4))
+
+
+def committed_protocol(device: torch.device | str | None = None) -> ScratchProtocol:
+    """:data:`GPU_PROTOCOL` on CUDA (CIFAR-100, downloaded to the cache root), else
+    :data:`CPU_PROTOCOL` (offline MNIST); ``None``: CUDA when there is a GPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return GPU_PROTOCOL if device.type == "cuda" else CPU_PROTOCOL
 
 
 def scratch_key(protocol: ScratchProtocol, network: str, lr: float, seed: int,

@@ -118,7 +118,7 @@ def claims(summaries: Sequence[MethodSummary]) -> list[Verdict]:
 
 
 def _macs(n: int | None) -> str:
-    return "" if n is None else f"{n / 1e6:.1f}M"
+    return "" if n is None else f"{n / 1e6:.2f}M"
 
 
 def markdown_table(rows: Sequence[ScratchRow], lrs: Sequence[float]) -> str:
