@@ -63,7 +63,7 @@ def _assert_same(child: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
     """Outputs and gradients (input and every trainable parameter) of both forms agree."""
     with torch.no_grad():
         shape = copy.deepcopy(child)(x).shape
-    probe = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    probe = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(x.device)
     plain = _grads(child, x, probe, fast=False, **kwargs)
     fast = _grads(child, x, probe, fast=True, **kwargs)
     torch.testing.assert_close(fast[0], plain[0], rtol=1e-4, atol=1e-5)
@@ -107,9 +107,9 @@ def _child(name: str, gate: bool, *, seed: int = 0) -> ChildConv2d:
 
 @pytest.mark.parametrize("gate", [False, True], ids=["static", "gated"])
 @pytest.mark.parametrize("name", list(CONVS))
-def test_conv_child_outputs_and_gradients_equal_the_plain_form(name, gate):
-    child = _child(name, gate)
-    _assert_same(child, torch.randn(3, child.in_channels, 11, 10))
+def test_conv_child_outputs_and_gradients_equal_the_plain_form(name, gate, device):
+    child = _child(name, gate).to(device)
+    _assert_same(child, torch.randn(3, child.in_channels, 11, 10, device=device))
 
 
 @pytest.mark.parametrize("name", ["regular", "depthwise-5x5", "pointwise", "grouped"])
@@ -138,12 +138,12 @@ def test_relaxed_children_with_a_low_rank_residual(name, gate):
 
 
 @pytest.mark.parametrize("name", ["regular", "pointwise", "pointwise-bias", "depthwise"])
-def test_a_filter_switched_off_still_gets_its_gradient(name):
-    child = _child(name, gate=True)
+def test_a_filter_switched_off_still_gets_its_gradient(name, device):
+    child = _child(name, gate=True).to(device)
     with torch.no_grad():
         child.filter_scale[1] = -1.0
         child.filter_scale[4] = -1.0
-    _assert_same(child, torch.randn(3, child.in_channels, 8, 8))
+    _assert_same(child, torch.randn(3, child.in_channels, 8, 8, device=device))
 
 
 def test_the_fast_form_runs_only_while_training_a_frozen_parent():
@@ -243,8 +243,8 @@ def _linear_child(gate: bool, bias: bool, seed: int = 0) -> ChildLinear:
 @pytest.mark.parametrize("shape", [(4, 6), (3, 5, 5, 6), (2, 7, 6)])
 @pytest.mark.parametrize("gate", [False, True], ids=["static", "gated"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-def test_linear_child_outputs_and_gradients_equal_the_plain_form(shape, gate, bias):
-    _assert_same(_linear_child(gate, bias), torch.randn(shape))
+def test_linear_child_outputs_and_gradients_equal_the_plain_form(shape, gate, bias, device):
+    _assert_same(_linear_child(gate, bias).to(device), torch.randn(shape, device=device))
 
 
 def test_linear_child_relaxed_and_with_a_filter_switched_off():
@@ -259,14 +259,14 @@ def test_linear_child_relaxed_and_with_a_filter_switched_off():
     _assert_same(child, torch.randn(3, 4, 4, 6))
 
 
-def test_autocast_bf16_matches_the_plain_form_loosely():
-    child = _child("regular", gate=True)
-    x = torch.randn(3, 6, 10, 10)
+def test_autocast_bf16_matches_the_plain_form_loosely(device):
+    child = _child("regular", gate=True).to(device)
+    x = torch.randn(3, 6, 10, 10, device=device)
     results = []
     for fast in (False, True):
         c = copy.deepcopy(child)
         c.fast_training = fast
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             y = c(x)
         y.float().square().sum().backward()
         results.append((y.float(), {n: p.grad for n, p in c.named_parameters()
@@ -345,3 +345,11 @@ def test_an_in_place_change_of_the_output_is_refused_not_miscomputed():
     child.fast_training = False
     torch.relu_(child(x)).sum().backward()
     assert child.filter_scale.grad is not None
+
+
+def test_second_derivatives_are_refused_in_the_fast_form():
+    child = _child("regular", gate=True)
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad(child(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -22,18 +22,23 @@ the smaller tensor), the backward pass one convolution for ``dL/dx`` and each ad
 gradient as above. They give the outputs and gradients of the plain form to float tolerance
 (under autocast too); the frozen kernel gets no gradient.
 
-Two things differ from the plain form. A filter switched off exactly (``f = -1``) cannot be
-read off its output, so the kernel gradient is computed for that step. And the output is kept
-for the backward pass, so an operation that changes a child's output in place (a
-``ReLU(inplace=True)`` straight after a child, with no norm between) makes autograd refuse the
-backward pass; ``KernelChild.fast_training = False`` trains such a network the plain way.
+Three things differ from the plain form. A filter switched off exactly (``f = -1``) cannot be
+read off its output, so the kernel gradient is computed for that step (a data-dependent test,
+which splits a ``torch.compile`` graph at each child). The output is kept for the backward
+pass, so an operation that changes a child's output in place (a ``ReLU(inplace=True)``
+straight after a child, with no norm between) makes autograd refuse the backward pass. And
+the backward pass has no derivative of its own (``create_graph=True`` then fails).
+``KernelChild.fast_training = False`` trains such a network the plain way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["conv_padding", "frozen_parent_conv2d", "frozen_parent_linear", "low_rank_conv2d",
            "low_rank_linear"]
@@ -76,6 +81,37 @@ def _gated(x: Tensor, gate: Tensor | None, *, last: bool = False) -> Tensor:
     ones = [1] * (x.dim() - 2)
     return x * gate.view(gate.shape[0], *ones, gate.shape[1]) if last else x * gate.view(
         *gate.shape, *ones)
+
+
+def _any_zero(scale: Tensor) -> Callable[[], bool]:
+    """Whether any of ``scale`` is exactly zero, asked in the forward pass and read in the
+    backward one. On a GPU the answer is copied back without waiting and read when the
+    backward pass needs it (long after it was ready), so no step waits for the GPU per child."""
+    flag = (scale == 0).any()
+    if flag.device.type != "cuda":
+        return lambda: bool(flag)
+    event = torch.cuda.Event()
+    flag = flag.to("cpu", non_blocking=True)
+    event.record()
+
+    def ready() -> bool:
+        event.synchronize()
+        return bool(flag)
+
+    return ready
+
+
+def _gated_in_place(dxg: Tensor, gate: Tensor | None, dtype: torch.dtype, *,
+                    last: bool = False) -> Tensor:
+    """``dL/dx = g * dL/d(x g)`` in ``dtype``, scaling the freshly computed ``dL/d(x g)`` in
+    place (one allocation of a feature map fewer) when its dtype already is ``dtype``."""
+    if dxg.dtype != dtype:
+        return _gated(dxg, gate, last=last).to(dtype)
+    if gate is None:
+        return dxg
+    ones = [1] * (dxg.dim() - 2)
+    shape = (gate.shape[0], *ones, gate.shape[1]) if last else (*gate.shape, *ones)
+    return dxg.mul_(gate.view(shape).to(dtype))
 
 
 def _depthwise_weight_grad(dy: Tensor, x: Tensor, kernel_size: tuple[int, int],
@@ -144,6 +180,7 @@ class _FrozenParentConv2d(torch.autograd.Function):
         # dL/df is read off the output (which the next layer keeps anyway) unless the kernel
         # gradient is computed for the tap scale.
         ctx.from_output = needs[3] and not (spatial_scale is not None and needs[4])
+        ctx.switched_off = _any_zero(scale) if ctx.from_output else None
         ctx.geometry = geometry
         # The kernel is rebuilt in backward rather than kept: it is as large as the parent.
         ctx.save_for_backward(x, gate, parent, filter_scale, spatial_scale, bias,
@@ -151,13 +188,14 @@ class _FrozenParentConv2d(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the backward pass is not itself recorded: no second derivatives
     def backward(ctx, dy):
         x, gate, parent, filter_scale, spatial_scale, bias, y = ctx.saved_tensors
         need_x, need_gate, _, need_f, need_s, need_bias, _ = ctx.needs_input_grad
         scale = 1 + filter_scale
         # A filter switched off exactly (f = -1) leaves nothing in its output to read dL/df
         # from: the kernel gradient gives it then.
-        kernel_grad = need_s or (ctx.from_output and bool((scale == 0).any()))
+        kernel_grad = need_s or (ctx.from_output and ctx.switched_off())
         xg = x
         if kernel_grad:
             xg = _gated(x, gate)
@@ -165,10 +203,8 @@ class _FrozenParentConv2d(torch.autograd.Function):
         dxg, dw = _conv_grads(dy, xg, parent, scale, spatial_scale, ctx.geometry,
                               need_x or need_gate, kernel_grad)
         dbias = dy.sum((0, 2, 3)) if bias is not None and (need_bias or need_f) else None
-        dx = None if not need_x else _gated(dxg, gate)
-        if dx is not None and dx.dtype != x.dtype:
-            dx = dx.to(x.dtype)
         dgate = None if not need_gate else (dxg * x).sum((2, 3), dtype=gate.dtype)
+        dx = None if not need_x else _gated_in_place(dxg, gate, x.dtype)
         if kernel_grad:
             df, ds = _scale_grads(dw, parent, filter_scale, spatial_scale, need_f, need_s)
         else:
@@ -247,11 +283,13 @@ class _FrozenParentLinear(torch.autograd.Function):
             y = y if bias is None else y.add_(bias.to(y.dtype))
         else:
             y = F.linear(xg, parent * scale, bias)
+        ctx.switched_off = _any_zero(scale) if ctx.needs_input_grad[3] else None
         ctx.save_for_backward(x, gate, parent, filter_scale, bias,
                               y if ctx.needs_input_grad[3] else None)
         return y
 
     @staticmethod
+    @once_differentiable  # the backward pass is not itself recorded: no second derivatives
     def backward(ctx, dy):
         x, gate, parent, filter_scale, bias, y = ctx.saved_tensors
         need_x, need_gate, _, need_f, need_bias = ctx.needs_input_grad
@@ -265,12 +303,11 @@ class _FrozenParentLinear(torch.autograd.Function):
             else:
                 dxg = rows.mm((parent * scale).to(rows.dtype))
             dxg = dxg.view(*dy.shape[:-1], parent.shape[1])
-            if need_x:
-                dx = _gated(dxg, gate, last=True)
-                dx = dx if dx.dtype == x.dtype else dx.to(x.dtype)
             if need_gate:
                 dgate = _pooled(dxg * x).to(gate.dtype)
-        if need_f and bool((scale == 0).any()):  # a filter switched off: dL/dW * P
+            if need_x:
+                dx = _gated_in_place(dxg, gate, x.dtype, last=True)
+        if need_f and ctx.switched_off():  # a filter switched off: dL/dW * P
             inputs = _gated(x, gate, last=True).reshape(-1, x.shape[-1]).to(rows.dtype)
             df = ((rows.t() @ inputs) * parent).sum(1, keepdim=True, dtype=filter_scale.dtype)
         elif need_f:
