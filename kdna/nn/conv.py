@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from kdna._checks import check_groups, check_padding, pair, positive_int
 from kdna.nn.functional import batchnorm_affine, modulated_weight
 from kdna.nn.gate import ChannelGate, GateForm
-from kdna.nn.training import conv_padding, frozen_parent_conv2d, low_rank_conv2d
+from kdna.nn.training import conv_padding, frozen_parent_conv2d
 
 __all__ = ["ChildConv2d", "KernelChild", "ParentKernel", "parent_weight"]
 
@@ -305,7 +305,7 @@ class ChildConv2d(KernelChild):
             x = x * gate[:, :, None, None]
         return (frozen_parent_conv2d(x, None, self.parent.weight, self.filter_scale,
                                      self.spatial_scale, self.bias, *geometry)
-                + low_rank_conv2d(x, self.residual, *geometry))
+                + self.residual.conv2d(x, *geometry))
 
     @torch.no_grad()
     def fold(self, norm: nn.BatchNorm2d | None = None) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from kdna._checks import positive_int
 from kdna.nn.conv import KernelChild, parent_weight
 from kdna.nn.gate import GateForm, spatial_mean
-from kdna.nn.training import frozen_parent_linear, low_rank_linear
+from kdna.nn.training import frozen_parent_linear
 
 __all__ = ["ChildLinear"]
 
@@ -78,7 +78,7 @@ class ChildLinear(KernelChild):
         if gate is not None:
             x = x * gate.view(gate.shape[0], *[1] * (x.dim() - 2), gate.shape[1])
         return (frozen_parent_linear(x, None, self.parent.weight, self.filter_scale, self.bias)
-                + low_rank_linear(x, self.residual))
+                + self.residual.linear(x))
 
     def fold(self, norm: nn.Module | None = None) -> None:
         """Cache the static weight. Nothing follows a pointwise Linear to fold in."""

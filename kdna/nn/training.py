@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["conv_padding", "frozen_parent_conv2d", "frozen_parent_linear", "low_rank_conv2d",
-           "low_rank_linear"]
+__all__ = ["conv_padding", "frozen_parent_conv2d", "frozen_parent_linear"]
 
 def conv_padding(padding: tuple[int, int] | str, kernel_size: tuple[int, int],
                  dilation: tuple[int, int]) -> tuple[int, int] | None:
@@ -328,24 +327,3 @@ def frozen_parent_linear(x: Tensor, gate: Tensor | None, parent: Tensor, filter_
     ``None``, ``filter_scale`` ``[C_out, 1]``."""
     return _FrozenParentLinear.apply(x, gate, parent.detach(), filter_scale, bias)
 
-
-def low_rank_conv2d(x: Tensor, residual: torch.nn.Module, stride: tuple[int, int],
-                    padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> Tensor:
-    """``conv2d(x, reshape(u @ v))`` for a relaxed child's residual, without its kernel.
-
-    With ``groups == 1`` it is two small convolutions, LoRA's way: ``v`` as ``r`` filters of
-    the kernel's size, then ``u`` as a 1x1 convolution; grouped kernels build the residual
-    kernel (cheap: it is as small as the grouped kernel).
-    """
-    shape = residual.shape
-    if groups != 1:
-        return F.conv2d(x, residual(), None, stride, padding, dilation, groups)
-    hidden = F.conv2d(x, residual.v.view(residual.rank, *shape[1:]), None, stride, padding,
-                      dilation)
-    return F.conv2d(hidden, residual.u.view(*residual.u.shape, 1, 1))
-
-
-def low_rank_linear(x: Tensor, residual: torch.nn.Module) -> Tensor:
-    """``linear(x, u @ v)`` as ``linear(linear(x, v), u)``: a relaxed ``ChildLinear``'s
-    residual without its ``[C_out, C_in]`` matrix."""
-    return F.linear(F.linear(x, residual.v), residual.u)
