@@ -108,14 +108,15 @@ class Runner:
         loss.backward()
         self.optimizer.step()
 
-    def seconds(self) -> float:
+    def seconds(self) -> tuple[float, float]:
+        """Wall time and this process's CPU time (all its threads) of one step."""
         if self.cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.step()
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     def resident_bytes(self) -> int:
         """Parameters, buffers, gradients and optimizer state: what lives between steps."""
@@ -152,11 +153,12 @@ class Runner:
         return self.resident_bytes() + sum(saved.values())
 
 
-def time_rounds(runners: dict[str, Runner], warmup: int, rounds: int) -> dict[str, list[float]]:
+def time_rounds(runners: dict[str, Runner], warmup: int, rounds: int
+                ) -> dict[str, list[tuple[float, float]]]:
     for runner in runners.values():
         for _ in range(warmup):
             runner.step()
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -193,19 +195,23 @@ def measure_arch(arch: str, args, device: torch.device) -> list[dict]:
     load = (load, os.getloadavg()[0])
     rows = []
     for name, runner in runners.items():
-        p25, median, p75 = statistics.quantiles(times[name], n=4, method="inclusive")
+        walls = [t for t, _ in times[name]]
+        p25, median, p75 = statistics.quantiles(walls * (2 if len(walls) == 1 else 1), n=4,
+                                                method="inclusive")
         method = get_method(found[name][0])
         rows.append({"arch": arch, "batch": batch, "image_size": size, "load": load, "row": name,
                      "method": method.name, "label": method.label,
                      "form": "before" if name.endswith("(before)") else "now",
                      "trainable": sum(p.numel() for p in runner.params),
                      "ms_median": 1e3 * median, "ms_p25": 1e3 * p25, "ms_p75": 1e3 * p75,
+                     "cpu_ms_median": 1e3 * statistics.median(c for _, c in times[name]),
                      "peak_mib": runner.peak_bytes() / 2**20})
         print(f"{arch} {name}: {1e3 * median:.1f} ms, {rows[-1]['peak_mib']:.0f} MiB", flush=True)
     lora = next((r for r in rows if r["row"] == "lora"), None)
     for r in rows:
         r["time_vs_lora"] = r["ms_median"] / lora["ms_median"] if lora else float("nan")
         r["memory_vs_lora"] = r["peak_mib"] / lora["peak_mib"] if lora else float("nan")
+        r["cpu_vs_lora"] = r["cpu_ms_median"] / lora["cpu_ms_median"] if lora else float("nan")
     for r in rows:
         r["profile"] = (profile_lines(runners[r["row"]], runners["lora"])
                         if lora and any(not met for _, met in goals(r)) else [])
@@ -226,9 +232,13 @@ def goals(row: dict) -> list[tuple[str, bool]]:
 
 
 def profile_lines(runner: Runner, lora: Runner, count: int = 8) -> list[str]:
+    """The operations on which the method spends the most self time beyond LoRA's."""
     mine, theirs = top_ops(runner), top_ops(lora)
-    ranked = sorted(mine, key=mine.get, reverse=True)[:count]
-    return [f"`{op}` {mine[op]:.2f} ms (LoRA {theirs.get(op, 0.0):.2f} ms)" for op in ranked]
+    extra = {op: mine[op] - theirs.get(op, 0.0) for op in mine}
+    ranked = [op for op in sorted(extra, key=extra.get, reverse=True)[:count] if extra[op] > 0]
+    return [f"total {sum(mine.values()):.1f} ms (LoRA {sum(theirs.values()):.1f} ms)",
+            *(f"`{op}` {mine[op]:.2f} ms (LoRA {theirs.get(op, 0.0):.2f} ms)"
+              for op in ranked)]
 
 
 def markdown(rows: list[dict], args, device: torch.device, load: tuple, seconds: float) -> str:
@@ -244,10 +254,13 @@ def markdown(rows: list[dict], args, device: torch.device, load: tuple, seconds:
                                 "parameters, buffers, gradients, AdamW state and the tensors "
                                 "autograd saves for backward, each storage once (temporaries "
                                 "within one operation not counted)"),
+             "", "Step time is wall time, which the goals read; CPU time is this process's "
+             "(all its threads), less disturbed by other work on a shared machine.",
              "", "Rows marked *(before)* run the same method with "
              "`KernelChild.fast_training = False`: each child builds its whole kernel and "
              "autograd differentiates it, as children trained before `kdna.nn.training`.", ""]
-    lines += [*older_records(args.out, device), ""] if older_records(args.out, device) else []
+    older = older_records(device)
+    lines += [*older, ""] if older else []
     lines += summary(rows)
     for arch in dict.fromkeys(r["arch"] for r in rows):
         mine = [r for r in rows if r["arch"] == arch]
@@ -256,11 +269,13 @@ def markdown(rows: list[dict], args, device: torch.device, load: tuple, seconds:
                   f"{first['image_size']})", "", f"Load average while timing: "
                   f"{first['load'][0]:.2f} at the start, {first['load'][1]:.2f} at the end.", "",
                   "| method | trainable | ms / step (median) | quartiles | vs LoRA | "
-                  "peak memory (MiB) | vs LoRA |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "CPU ms / step | vs LoRA | peak memory (MiB) | vs LoRA |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mine:
             label = r["label"] + (" *(before)*" if r["form"] == "before" else "")
             lines.append(f"| {label} | {r['trainable']:,} | {r['ms_median']:.1f} | "
                          f"{r['ms_p25']:.1f}-{r['ms_p75']:.1f} | {r['time_vs_lora']:.2f}x | "
+                         f"{r['cpu_ms_median']:.1f} | {r['cpu_vs_lora']:.2f}x | "
                          f"{r['peak_mib']:.0f} | {r['memory_vs_lora']:.2f}x |")
         lines += ["", "Goals:", ""]
         for r in mine:
@@ -268,8 +283,8 @@ def markdown(rows: list[dict], args, device: torch.device, load: tuple, seconds:
                       for goal, met in goals(r)]
         for r in mine:
             if r["profile"]:
-                lines += ["", f"What is left in {r['label']} (self time per step, top "
-                          "operations, beside LoRA's):", ""]
+                lines += ["", f"What is left in {r['label']} (`torch.profiler`, self time "
+                          "per step; the operations furthest above LoRA's):", ""]
                 lines += [f"- {line}" for line in r["profile"]]
         lines.append("")
     return "\n".join(lines)
@@ -300,14 +315,15 @@ def slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_description(device).lower()).strip("-")
 
 
-def older_records(out: Path, device: torch.device) -> list[str]:
-    """Lines naming the other devices' results that predate the frozen-parent training form
-    (they have no *(before)* rows)."""
+def older_records(device: torch.device) -> list[str]:
+    """Lines naming the committed results of other devices that predate the frozen-parent
+    training form (they have no *(before)* rows)."""
     mine = f"finetune-speed-{slug(device)}.md"
     return [f"`{path.name}` predates `kdna.nn.training` (children of frozen parents trained "
             "the plain way) and this benchmark's methods and memory column; it is kept as the "
-            "record of that device." for path in sorted(out.glob("finetune-speed-*.md"))
-            if path.name != mine and "fast_training" not in path.read_text()]
+            "record of that device." for path in sorted((ROOT / "results").glob(
+                "finetune-speed-*.md")) if path.name != mine
+            and "fast_training" not in path.read_text()]
 
 
 def write(rows: list[dict], text: str, out: Path, device: torch.device) -> Path:
@@ -337,6 +353,7 @@ def main() -> None:
     p.add_argument("--batchnorm", default=Protocol().batchnorm, choices=("frozen", "train"))
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own)")
     p.add_argument("--quick", action="store_true", help="2 rounds, Lite0 only, to /tmp")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     args = p.parse_args()
@@ -344,6 +361,8 @@ def main() -> None:
         args.archs, args.rounds, args.warmup = "efficientnet_lite0", 2, 1
         args.out = Path("/tmp/finetune-speed-quick")
     args.methods = args.methods.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start, load = time.perf_counter(), os.getloadavg()[0]
     rows = [row for arch in args.archs.split(",") for row in measure_arch(arch, args, device)]

@@ -353,3 +353,30 @@ def test_second_derivatives_are_refused_in_the_fast_form():
     (grad,) = torch.autograd.grad(child(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+def _saved_storages(module: nn.Module, x: torch.Tensor) -> set[int]:
+    held = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = set()
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in held:
+            saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return saved
+
+
+@pytest.mark.parametrize("child", [
+    lambda: _child("pointwise", gate=False),
+    lambda: _frozen(ChildLinear(nn.Linear(6, 10), 6, 10, gate_reduction=None))])
+def test_without_a_gate_the_input_is_not_kept_for_backward(child):
+    child = child()
+    x = torch.randn(3, 5, 5, 6) if isinstance(child, ChildLinear) else torch.randn(3, 6, 5, 5)
+    x.requires_grad_(True)
+    assert x.untyped_storage().data_ptr() not in _saved_storages(child, x)
+    with torch.no_grad():
+        child.filter_scale[0] = -1.0  # a switched-off filter needs it for its gradient
+    assert x.untyped_storage().data_ptr() in _saved_storages(child, x)

@@ -82,13 +82,15 @@ def _gated(x: Tensor, gate: Tensor | None, *, last: bool = False) -> Tensor:
         *gate.shape, *ones)
 
 
-def _any_zero(scale: Tensor) -> Callable[[], bool]:
-    """Whether any of ``scale`` is exactly zero, asked in the forward pass and read in the
-    backward one. On a GPU the answer is copied back without waiting and read when the
-    backward pass needs it (long after it was ready), so no step waits for the GPU per child."""
+def _any_zero(scale: Tensor) -> tuple[bool | None, Callable[[], bool]]:
+    """Whether any of ``scale`` is exactly zero: the answer now where it costs no wait (on a
+    CPU; else ``None``), and a callable for the backward pass. On a GPU the answer is copied
+    back without waiting and read when the backward pass asks (long after it was ready), so
+    no step waits for the GPU at each child."""
     flag = (scale == 0).any()
     if flag.device.type != "cuda":
-        return lambda: bool(flag)
+        answer = bool(flag)
+        return answer, lambda: answer
     event = torch.cuda.Event()
     flag = flag.to("cpu", non_blocking=True)
     event.record()
@@ -97,7 +99,13 @@ def _any_zero(scale: Tensor) -> Callable[[], bool]:
         event.synchronize()
         return bool(flag)
 
-    return ready
+    return None, ready
+
+
+def _shaped_like(x: Tensor | None, meta: tuple, like: Tensor) -> Tensor:
+    """``x``, or where it was not kept a stand-in of its shape: the input gradient of a
+    convolution needs only the input's shape (as ``torch.nn.grad.conv2d_input`` does)."""
+    return x if x is not None else like.new_empty(1).expand(meta[0])
 
 
 def _gated_in_place(dxg: Tensor, gate: Tensor | None, dtype: torch.dtype, *,
@@ -178,12 +186,15 @@ class _FrozenParentConv2d(torch.autograd.Function):
         needs = ctx.needs_input_grad
         # dL/df is read off the output (which the next layer keeps anyway) unless the kernel
         # gradient is computed for the tap scale.
-        ctx.from_output = needs[3] and not (spatial_scale is not None and needs[4])
-        ctx.switched_off = _any_zero(scale) if ctx.from_output else None
-        ctx.geometry = geometry
+        tap_grad = spatial_scale is not None and needs[4]
+        ctx.from_output = needs[3] and not tap_grad
+        switched_off, ctx.switched_off = _any_zero(scale) if ctx.from_output else (False, None)
+        # The input is kept only for the gate's gradient and the kernel's.
+        keep_x = needs[1] or tap_grad or switched_off is not False
+        ctx.geometry, ctx.x_meta = geometry, (x.shape, x.dtype, _channels_last(x))
         # The kernel is rebuilt in backward rather than kept: it is as large as the parent.
-        ctx.save_for_backward(x, gate, parent, filter_scale, spatial_scale, bias,
-                              y if ctx.from_output else None)
+        ctx.save_for_backward(x if keep_x else None, gate, parent, filter_scale, spatial_scale,
+                              bias, y if ctx.from_output else None)
         return y
 
     @staticmethod
@@ -195,15 +206,15 @@ class _FrozenParentConv2d(torch.autograd.Function):
         # A filter switched off exactly (f = -1) leaves nothing in its output to read dL/df
         # from: the kernel gradient gives it then.
         kernel_grad = need_s or (ctx.from_output and ctx.switched_off())
-        xg = x
+        xg = _shaped_like(x, ctx.x_meta, dy)
         if kernel_grad:
             xg = _gated(x, gate)
             xg = xg if xg.dtype == dy.dtype else xg.to(dy.dtype)
         dxg, dw = _conv_grads(dy, xg, parent, scale, spatial_scale, ctx.geometry,
-                              need_x or need_gate, kernel_grad)
+                              need_x or need_gate, kernel_grad, ctx.x_meta[2])
         dbias = dy.sum((0, 2, 3)) if bias is not None and (need_bias or need_f) else None
         dgate = None if not need_gate else (dxg * x).sum((2, 3), dtype=gate.dtype)
-        dx = None if not need_x else _gated_in_place(dxg, gate, x.dtype)
+        dx = None if not need_x else _gated_in_place(dxg, gate, ctx.x_meta[1])
         if kernel_grad:
             df, ds = _scale_grads(dw, parent, filter_scale, spatial_scale, need_f, need_s)
         else:
@@ -215,7 +226,7 @@ class _FrozenParentConv2d(torch.autograd.Function):
 
 def _conv_grads(dy: Tensor, x: Tensor, parent: Tensor, scale: Tensor,
                 spatial_scale: Tensor | None, geometry: tuple, need_input: bool,
-                need_kernel: bool) -> tuple[Tensor | None, Tensor | None]:
+                need_kernel: bool, channels_last: bool) -> tuple[Tensor | None, Tensor | None]:
     """``dL/d(input)`` and ``dL/dW`` of ``conv2d(x, P * (1 + f) * (1 + s))``. Without the
     kernel gradient and a tap scale, the filter scale goes on ``dy`` where that is smaller."""
     stride, padding, dilation, groups = geometry
@@ -224,7 +235,7 @@ def _conv_grads(dy: Tensor, x: Tensor, parent: Tensor, scale: Tensor,
     else:
         weight = _child_weight(parent, scale, spatial_scale)
     weight = weight if weight.dtype == dy.dtype else weight.to(dy.dtype)
-    if _channels_last(x):
+    if channels_last:
         weight = weight.contiguous(memory_format=torch.channels_last)
     depthwise = (need_kernel and x.device.type == "cpu" and groups == x.shape[1] == len(weight)
                  and _depthwise_trick_pays(weight, dy))
@@ -282,9 +293,13 @@ class _FrozenParentLinear(torch.autograd.Function):
             y = y if bias is None else y.add_(bias.to(y.dtype))
         else:
             y = F.linear(xg, parent * scale, bias)
-        ctx.switched_off = _any_zero(scale) if ctx.needs_input_grad[3] else None
-        ctx.save_for_backward(x, gate, parent, filter_scale, bias,
-                              y if ctx.needs_input_grad[3] else None)
+        need_f = ctx.needs_input_grad[3]
+        switched_off, ctx.switched_off = _any_zero(scale) if need_f else (False, None)
+        # The input is kept only for the gate's gradient and a switched-off filter's.
+        keep_x = ctx.needs_input_grad[1] or switched_off is not False
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x if keep_x else None, gate, parent, filter_scale, bias,
+                              y if need_f else None)
         return y
 
     @staticmethod
@@ -305,7 +320,7 @@ class _FrozenParentLinear(torch.autograd.Function):
             if need_gate:
                 dgate = _pooled(dxg * x).to(gate.dtype)
             if need_x:
-                dx = _gated_in_place(dxg, gate, x.dtype, last=True)
+                dx = _gated_in_place(dxg, gate, ctx.x_dtype, last=True)
         if need_f and ctx.switched_off():  # a filter switched off: dL/dW * P
             inputs = _gated(x, gate, last=True).reshape(-1, x.shape[-1]).to(rows.dtype)
             df = ((rows.t() @ inputs) * parent).sum(1, keepdim=True, dtype=filter_scale.dtype)
