@@ -199,7 +199,8 @@ def measure_arch(arch: str, args, device: torch.device) -> list[dict]:
         p25, median, p75 = statistics.quantiles(walls * (2 if len(walls) == 1 else 1), n=4,
                                                 method="inclusive")
         method = get_method(found[name][0])
-        rows.append({"arch": arch, "batch": batch, "image_size": size, "load": load, "row": name,
+        rows.append({"arch": arch, "batch": batch, "image_size": size, "load_start": load[0],
+                     "load_end": load[1], "row": name,
                      "method": method.name, "label": method.label,
                      "form": "before" if name.endswith("(before)") else "now",
                      "trainable": sum(p.numel() for p in runner.params),
@@ -267,7 +268,8 @@ def markdown(rows: list[dict], args, device: torch.device, load: tuple, seconds:
         first = mine[0]
         lines += [f"## {arch} (batch {first['batch']}, {first['image_size']}x"
                   f"{first['image_size']})", "", f"Load average while timing: "
-                  f"{first['load'][0]:.2f} at the start, {first['load'][1]:.2f} at the end.", "",
+                  f"{first['load_start']:.2f} at the start, {first['load_end']:.2f} at the end.",
+                  "",
                   "| method | trainable | ms / step (median) | quartiles | vs LoRA | "
                   "CPU ms / step | vs LoRA | peak memory (MiB) | vs LoRA |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -298,7 +300,7 @@ def summary(rows: list[dict]) -> list[str]:
     lines = ["## Summary: relative to LoRA r=8 in the same run", "",
              "| method | " + " | ".join(f"{a}: time (before) | {a}: memory" for a in archs)
              + " |", "|---|" + "---:|---:|" * len(archs)]
-    for method in KDNA_IN_PLACE:
+    for method in (m for m in KDNA_IN_PLACE if any(r["row"] == m for r in rows)):
         cells = []
         for arch in archs:
             now, before = by.get((arch, method)), by.get((arch, f"{method} (before)"))
