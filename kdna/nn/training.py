@@ -42,6 +42,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["conv_padding", "frozen_parent_conv2d", "frozen_parent_linear"]
 
+
 def conv_padding(padding: tuple[int, int] | str, kernel_size: tuple[int, int],
                  dilation: tuple[int, int]) -> tuple[int, int] | None:
     """``padding`` as two integers, or ``None`` where ``"same"`` pads unevenly."""
@@ -60,6 +61,7 @@ def _child_weight(parent: Tensor, scale: Tensor, spatial_scale: Tensor | None) -
 
 
 def _output_numel(x: Tensor, parent: Tensor, geometry: tuple) -> int:
+    """How many values ``conv2d(x, parent)`` with ``geometry`` outputs."""
     stride, padding, dilation, _ = geometry
     size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
         x.shape[2:], padding, dilation, parent.shape[2:], stride, strict=True)]
