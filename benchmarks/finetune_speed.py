@@ -1,6 +1,6 @@
 """Fine-tuning cost per method: step time and peak training memory, measured side by side.
 
-For each architecture every method of `kdna.train.methods` named here is prepared from the same
+For each architecture every method of `kdna.finetune.methods` named here is prepared from the same
 network (`prepare`, a new 10-class head) and trained by AdamW on one fixed batch. Steps are
 timed in rounds that cycle through the methods (the order rotating each round), so a machine
 that slows down halfway slows every method alike; each method's median and quartiles come from
@@ -43,10 +43,10 @@ from torch import nn
 
 import kdna
 from kdna._files import write_atomically
-from kdna.nn import KernelChild
+from kdna.finetune.methods import MethodContext, get_method, prepare
+from kdna.finetune.protocol import Protocol
+from kdna.nn import KernelChild, freeze_batchnorm
 from kdna.nn.utils import device_description
-from kdna.train.methods import FrozenStatistics, MethodContext, get_method, prepare
-from kdna.train.protocol import Protocol
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("norms_head", "lora", "full", "kdna_static", "kdna_gates_4", "kdna_gates_16")
@@ -58,10 +58,9 @@ TIME_GOALS = {"kdna_static": 0.85, "kdna_gates_4": 1.0}
 
 
 def pretrained(arch: str) -> nn.Module:
-    """Lite0 with its ImageNet weights (shipped offline); the others randomly initialised,
-    which is the same network to time."""
-    weights = "imagenet" if arch == "efficientnet_lite0" else None
-    return kdna.create_model(arch, kernel_dna=False, weights=weights)
+    """The plain network, randomly initialised: the same network to time as with its
+    pretrained weights, and nothing to download."""
+    return kdna.create_model(arch, kernel_dna=False)
 
 
 def variants(arch: str, methods: list[str], before: bool, example: torch.Tensor,
@@ -73,8 +72,8 @@ def variants(arch: str, methods: list[str], before: bool, example: torch.Tensor,
     found = {}
     for method in methods:
         model = prepare(method, network, context).model
-        if batchnorm == "frozen" and not isinstance(model, FrozenStatistics):
-            model = FrozenStatistics(model)
+        if batchnorm == "frozen":
+            freeze_batchnorm(model)
         found[method] = (method, model)
         if before and method in KDNA_IN_PLACE:
             plain = copy.deepcopy(model)
