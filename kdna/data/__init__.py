@@ -6,6 +6,8 @@ downloads that happen only when asked for.
   accepts), with ``sources`` that say where each split came from;
 * :func:`write_example_folder` (:mod:`kdna.data.examples`): folders of real packaged images
   (MNIST digits, LFW faces) in the ``train/`` + ``test/`` layout, written offline;
+* :func:`benchmark_results` (:mod:`kdna.data.results_files`): a committed benchmark table, from
+  the checkout, the cache or the repository (Colab);
 * :func:`source_key` (:mod:`kdna.data.keys`): a cache key for a data set name or a folder's
   content (not its path);
 * :class:`ShapesDataset`, :func:`penn_fudan` (:mod:`kdna.data.shapes`): detection and
@@ -31,7 +33,8 @@ from kdna.data.imagefiles import BadImageError, scan_images
 from kdna.data.keys import source_key
 from kdna.data.online import require_online
 from kdna.data.probe import ProbeImages, probe_images
+from kdna.data.results_files import benchmark_results
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BadImageError", "DataSplits", "ProbeImages",
-           "cache_root", "list_datasets", "load_data", "probe_images", "require_online",
-           "scan_images", "source_key", "write_example_folder"]
+           "benchmark_results", "cache_root", "list_datasets", "load_data", "probe_images",
+           "require_online", "scan_images", "source_key", "write_example_folder"]
