@@ -33,6 +33,7 @@ import argparse
 import concurrent.futures
 import csv
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -45,10 +46,11 @@ import torch
 import kdna
 from kdna._files import write_atomically
 from kdna.bench import compare
+from kdna.finetune.committed import COMMITTED_FILE, choices_from_rows
 from kdna.finetune.compare import compare_methods
-from kdna.finetune.methods import inference_form, list_methods, prepare
+from kdna.finetune.methods import METHODS, inference_form, list_methods, prepare
 from kdna.finetune.protocol import Protocol
-from kdna.finetune.results import csv_rows, markdown_table
+from kdna.finetune.results import csv_rows, markdown_table, read_csv
 from kdna.nn.utils import device_description
 
 ROOT = Path(__file__).resolve().parent
@@ -303,6 +305,16 @@ def merge_tables(fresh: Path, target: Path) -> list[tuple[str, str]]:
     return merge_csv(fresh.with_suffix(".csv"), target.with_suffix(".csv"))
 
 
+def write_defaults(table: Path) -> Path:
+    """``kdna/finetune/committed.json`` from the committed ``table`` (.csv): the defaults of
+    ``kdna.finetune`` (the method and each method's learning rate) follow the benchmark."""
+    source = table.relative_to(ROOT.parent).as_posix()
+    choices = choices_from_rows(read_csv(table), source=source,
+                                in_place=[m.name for m in METHODS.values() if m.in_place])
+    text = (json.dumps(choices, indent=1) + "\n").encode()
+    return write_atomically(COMMITTED_FILE, lambda file: file.write(text))
+
+
 def parse() -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -337,6 +349,8 @@ def main() -> None:
     if args.merge_from:
         merged = merge_tables(args.merge_from, args.merge_into)
         print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
+        print(f"kdna.finetune's defaults follow it: "
+              f"{write_defaults(args.merge_into.with_suffix('.csv'))}")
         return
     start, load = time.perf_counter(), os.getloadavg()[0]
     protocol = Protocol(image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
@@ -353,9 +367,13 @@ def main() -> None:
         results = [run_one(*job) for job in jobs]
     path = write(results, args, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(path.read_text())
+    if args.out.resolve() == (ROOT / "results").resolve():
+        print(f"kdna.finetune's defaults follow it: {write_defaults(path.with_suffix('.csv'))}")
     if args.merge_into:
         merged = merge_tables(path, args.merge_into)
         print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
+        print(f"kdna.finetune's defaults follow it: "
+              f"{write_defaults(args.merge_into.with_suffix('.csv'))}")
 
 
 if __name__ == "__main__":
