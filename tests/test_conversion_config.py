@@ -1,11 +1,10 @@
-"""One conversion policy: ConvertConfig, its presets and overrides, the deprecated keywords,
+"""One conversion policy: ConvertConfig, its presets and overrides,
 and convert as plan_conversion then apply_plan."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -138,43 +137,6 @@ def test_an_unknown_override_is_a_type_error_listing_the_valid_ones(call):
 def test_config_must_be_a_convert_config():
     with pytest.raises(TypeError, match=r"config must be a kdna.ConvertConfig or None, got dict"):
         convert(_net(), {"fit_scales": False})
-
-
-# ---- the keywords of the previous release --------------------------------------------------
-
-def test_deprecated_parent_warns_at_the_caller_and_matches_parent_rule():
-    with pytest.warns(DeprecationWarning, match=r"parent=\) is deprecated.*use parent_rule=") as w:
-        old = convert(_net(), include=BODY, parent="last")
-    assert w[0].filename == __file__  # stacklevel points at the user's call
-    new = convert(_net(), include=BODY, parent_rule="last")
-    assert old.layout == new.layout == {"9": ["3", "6"]}
-    assert convert(_net(), include=BODY).layout != old.layout  # the keyword did something
-    with pytest.warns(DeprecationWarning) as w:
-        plan = plan_conversion(_net(), include=BODY, parent="first")
-    assert w[0].filename == __file__ and plan.layout == {"3": ["6", "9"]}
-
-
-def test_deprecated_fit_warns_and_matches_fit_scales(batch):
-    a, b, c = _net(), _net(), _net()
-    torch.manual_seed(1)  # the gates' random initialisation
-    with pytest.warns(DeprecationWarning, match=r"fit=\) is deprecated.*use fit_scales="):
-        old = convert(a, fit=False, example_inputs=batch)
-    torch.manual_seed(1)
-    new = convert(b, fit_scales=False, example_inputs=batch)
-    assert _states_equal(a, b) and old.layout == new.layout
-    assert all(math.isnan(e) for e in old.fit_errors.values())
-    assert old.agreement == new.agreement
-    torch.manual_seed(1)
-    convert(c, example_inputs=batch)  # fitted: a different state, so the keyword mattered
-    assert not _states_equal(a, c)
-
-
-def test_old_and_new_keyword_together_or_a_bad_old_value_raise():
-    with pytest.raises(TypeError, match=r"both fit= and fit_scales="):
-        convert(_net(), fit=False, fit_scales=False)
-    with pytest.raises(ValueError, match=r"parent must be one of .*'biggest'"), \
-            pytest.warns(DeprecationWarning):
-        convert(_net(), parent="biggest")
 
 
 # ---- plan, then apply ---------------------------------------------------------------------------

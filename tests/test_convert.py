@@ -1,6 +1,6 @@
 """kdna.convert: grouping, parent choice, fitted adapters, the report, and clear errors.
 
-The conversion policy (ConvertConfig, its presets, overrides, deprecated keywords) and the
+The conversion policy (ConvertConfig, its presets, overrides) and the
 plan/apply split are tested in test_conversion_config.py."""
 
 from __future__ import annotations

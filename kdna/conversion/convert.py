@@ -224,8 +224,7 @@ def convert(model: nn.Module, config: ConvertConfig | None = None, *,
         **overrides: fields of the config to change for this call: ``groups``, ``include``,
             ``exclude``, ``parent_rule``, ``gate_reduction``, ``gate_form``, ``fit_scales``,
             ``fit_steps``, ``share``, ``gate_max_hidden``, ``parent_init``, ``residual_rank``
-            (see :class:`~kdna.conversion.config.ConvertConfig`). ``parent=`` and
-            ``fit=`` still work, as deprecated names of ``parent_rule=`` and ``fit_scales=``.
+            (see :class:`~kdna.conversion.config.ConvertConfig`).
 
     Returns:
         a :class:`ConversionReport`.

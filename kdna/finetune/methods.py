@@ -46,14 +46,12 @@ from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan, convert
 from kdna.conversion.freeze import adapter_only
 from kdna.conversion.plan import plan_conversion
-from kdna.nn.norm import freeze_batchnorm
+from kdna.nn.norm import NORM_LAYERS, freeze_batchnorm
 from kdna.nn.utils import eval_mode, head_name, replace_module
 
 __all__ = ["METHODS", "FinetuneMethod", "MethodContext", "MethodFailed",
            "Prepared", "get_method", "inference_form", "list_methods", "lora_targets",
            "prepare", "trainable_names"]
-
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 class MethodFailed(RuntimeError):
@@ -130,7 +128,7 @@ def trainable_names(model: nn.Module) -> tuple[str, ...]:
 def _train_only(model: nn.Module, *, norms: bool = False, biases: bool = False) -> None:
     model.requires_grad_(False)
     for module in model.modules():
-        if norms and isinstance(module, NORMS):
+        if norms and isinstance(module, NORM_LAYERS):
             module.requires_grad_(True)
     if biases:
         for name, p in model.named_parameters():
@@ -178,7 +176,7 @@ def _lora(model: nn.Module, context: MethodContext, *, rank: int, norms: bool) -
     model = peft.get_peft_model(model, config)
     if norms:
         for module in model.modules():
-            if isinstance(module, NORMS):
+            if isinstance(module, NORM_LAYERS):
                 module.requires_grad_(True)
     return model
 

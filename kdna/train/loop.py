@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kdna.nn.norm import BATCH_NORMS
 from kdna.train.checkpoint import (
     check_writable,
     load_checkpoint,
@@ -104,7 +105,7 @@ class _Run:
         model.to(self.device)
         if self.config.bn_momentum is not None:
             for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.momentum = self.config.bn_momentum
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
