@@ -76,7 +76,7 @@ def one_rank(teacher, rank, args, recovery, held_out) -> list[dict]:
     for target in args.savings:
         plan = ordered.plan_for(target)
         student = copy.deepcopy(teacher)
-        apply_plan(student, dataclasses.replace(plan, example_inputs=None, probe_output=None))
+        apply_plan(student, dataclasses.replace(plan, example_inputs=None, original_output=None))
         saving = 1 - kdna.count_parameters(student) / kdna.count_parameters(teacher)
         result = distill(student, teacher, recovery, held_out=held_out, block_steps=args.steps,
                          logit_steps=0, lr=args.lr, batch_size=args.batch_size, progress=False)

@@ -21,7 +21,7 @@ from torch import nn
 
 from kdna.bench.experts import CondConv2d, DynamicConv2d, ExpertConv2d
 from kdna.bench.odconv import ODAttention, ODConv2d
-from kdna.conversion.plan import select_layers
+from kdna.conversion.layers import select_layers
 from kdna.nn.utils import replace_module
 
 __all__ = ["ARCHS", "BASELINES", "CondConv2d", "DynamicConv2d", "ExpertConv2d", "ODAttention",

@@ -38,7 +38,7 @@ from kdna.cli.validate import (
 )
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
-from kdna.conversion.freeze import adapter_only
+from kdna.conversion.trainable import adapter_only
 from kdna.data import load_data
 from kdna.data.imagefiles import scan_images
 from kdna.models import create_model, pretrained_config

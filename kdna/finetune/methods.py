@@ -44,8 +44,8 @@ from kdna._checks import module_arg, tensor_arg
 from kdna._extras import require
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan, convert
-from kdna.conversion.freeze import adapter_only
-from kdna.conversion.plan import plan_conversion
+from kdna.conversion.rules import plan_conversion
+from kdna.conversion.trainable import adapter_only
 from kdna.nn.norm import NORM_LAYERS, freeze_batchnorm
 from kdna.nn.utils import eval_mode, head_name, replace_module
 
