@@ -134,6 +134,22 @@ def test_the_short_import_paths_people_use_keep_working():
     assert all(hasattr(kdna, n) for n in kdna.__all__)
 
 
+def test_the_measuring_package_defines_no_layer():
+    """kdna.bench measures; the layers it measures (KernelDNA's, CondConv, DY-Conv, ODConv)
+    live in kdna.nn."""
+    from torch import nn
+
+    offences = []
+    for path in sorted((PACKAGE / "bench").rglob("*.py")):
+        module = importlib.import_module(_module_name(path))
+        for name, value in vars(module).items():
+            if (isinstance(value, type) and issubclass(value, nn.Module)
+                    and (value.__module__ == module.__name__
+                         or name in getattr(module, "__all__", ()))):
+                offences.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not offences, "kdna.bench defines or exports nn.Module layers:\n" + "\n".join(offences)
+
+
 def test_modules_and_functions_stay_small():
     assert not oversized(PACKAGE), "\n".join(oversized(PACKAGE))
 
