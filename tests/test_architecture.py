@@ -126,7 +126,7 @@ def test_the_short_import_paths_people_use_keep_working():
     import kdna.train
     import kdna.viz
 
-    assert callable(kdna.train.fit) and callable(kdna.data.load_data)
+    assert callable(kdna.train.train_classifier) and callable(kdna.data.load_data)
     assert callable(kdna.bench.compare) and callable(kdna.bench.measure)
     assert callable(kdna.dense.faster_rcnn) and callable(kdna.dense.train_dense)
     assert callable(kdna.viz.routing_heatmap)

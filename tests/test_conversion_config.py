@@ -143,7 +143,7 @@ def test_config_must_be_a_convert_config():
 # ---- plan, then apply ---------------------------------------------------------------------------
 
 def test_plan_changes_nothing_and_lists_what_convert_will_do(batch):
-    model = _net().train()  # train mode: a probe in train mode would move BatchNorm statistics
+    model = _net().train()  # a forward pass in train mode would move BatchNorm statistics
     state = copy.deepcopy(model.state_dict())
     structure = [(n, type(m)) for n, m in model.named_modules()]
     plan = plan_conversion(model, example_inputs=batch)

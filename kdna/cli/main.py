@@ -47,7 +47,7 @@ from kdna.nn.utils import count_parameters
 from kdna.train import distributed
 from kdna.train.checkpoint import load_checkpoint
 from kdna.train.evaluate import evaluate
-from kdna.train.loop import TrainConfig, fit
+from kdna.train.loop import TrainConfig, train_classifier
 
 __all__ = ["build_model", "main", "parser"]
 
@@ -104,11 +104,12 @@ def build_model(arch: str, *, num_classes: int, customize: bool = False,
     if do_convert:
         # adapters in place keep the function; sharing changes it, and its layout is kept so
         # that a resumed or evaluated run rebuilds the same network
-        probe = torch.zeros(2, 3, image_size, image_size)
+        example_inputs = torch.zeros(2, 3, image_size, image_size)
         if not share:
-            convert(model, ConvertConfig.adapters(), example_inputs=probe)
+            convert(model, ConvertConfig.adapters(), example_inputs=example_inputs)
         elif layout is None:
-            layout = convert(model, ConvertConfig.pretrained(), example_inputs=probe).layout
+            layout = convert(model, ConvertConfig.pretrained(),
+                             example_inputs=example_inputs).layout
         else:
             convert(model, ConvertConfig.pretrained(), groups=layout)
     meta = {"arch": arch, "customize": customize, "convert": do_convert, "share": share,
@@ -176,8 +177,8 @@ def _train(args: argparse.Namespace, ctx: distributed.Context) -> dict:
         workers=args.workers, seed=args.seed, max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every, start_epoch=args.start_epoch,
         out_dir=args.ckpt_dir, log_dir=args.log_dir, progress=not args.no_progress)
-    result = fit(model, data.train, data.val, config, device=ctx.device, resume=args.resume,
-                 meta=meta)
+    result = train_classifier(model, data.train, data.val, config, device=ctx.device,
+                              resume=args.resume, meta=meta)
     summary = {"best_top1": result.best_top1, "steps": result.steps,  # accuracies: fractions
                "seconds": round(result.seconds, 1), "parameters": count_parameters(model),
                "last_checkpoint": str(result.last_checkpoint)}

@@ -37,7 +37,7 @@ class RunResult:
     trainable: int  # parameters that trained
     total: int  # parameters of the trained network
     steps: int
-    seconds_per_step: float  # fit's wall time per step (data loading included)
+    seconds_per_step: float  # the training loop's wall time per step (data loading included)
     task_bytes: int  # bytes of what the task stores beside the pretrained network
 
     @classmethod
