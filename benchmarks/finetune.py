@@ -48,7 +48,7 @@ from kdna.bench import compare
 from kdna.finetune.compare import compare_methods
 from kdna.finetune.methods import inference_form, list_methods, prepare
 from kdna.finetune.protocol import Protocol
-from kdna.finetune.results import csv_rows, markdown_table
+from kdna.finetune.results import comparison_table, csv_rows
 from kdna.nn.utils import default_device, device_description
 
 ROOT = Path(__file__).resolve().parent
@@ -147,7 +147,7 @@ def section(result: dict) -> list[str]:
              f"{n_train:,} train / {n_val:,} validation / {n_test:,} test images; "
              f"{result['seconds'] / 60:.1f} minutes ({result['trained']} runs trained, "
              f"{result['reloaded']} reloaded from the cache).", "",
-             markdown_table(summaries, protocol.lrs), ""]
+             comparison_table(summaries, protocol.lrs), ""]
     notes = [f"- {s.label}: {s.note}" for s in summaries if s.note]
     notes += [f"- {s.label}: failed: {s.error}" for s in summaries if s.error]
     if notes:

@@ -1,14 +1,17 @@
-"""Files that are never half-written: write to a temporary file beside the target, then rename."""
+"""Files that are never half-written (a temporary file beside the target, then a rename), and
+the versioned JSON records kdna writes beside its tensors (adapter files, task files), read
+back with one set of checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["write_atomically"]
+__all__ = ["read_record", "write_atomically"]
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -26,3 +29,20 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_record(path: Path, fmt: str, version: int, kind: str, *, older: str = ""
+                ) -> dict[str, Any]:
+    """The JSON object in ``path``: a ``ValueError`` naming the file unless it is valid JSON
+    whose ``format`` is ``fmt`` (a kdna ``kind`` file) at ``version``; ``older`` says what to
+    do with a file of another version."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ValueError(f"{path} is not a kdna {kind} file (format {fmt!r} expected)")
+    if record.get("version") != version:
+        raise ValueError(f"{path} has {kind} format version {record.get('version')!r}; this kdna "
+                         f"reads version {version}{older}")
+    return record

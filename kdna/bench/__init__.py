@@ -22,11 +22,11 @@ from kdna.bench.harness import (
 from kdna.bench.variants import (
     VARIANTS,
     comparison_models,
-    markdown_table,
     run_comparison,
+    speed_table,
     write_csv,
 )
 
 __all__ = ["BASELINES", "VARIANTS", "Measurement", "Options", "build_baseline", "compare",
            "comparison_models", "count_macs", "device_description", "dynamic_network",
-           "markdown_table", "measure", "peak_memory", "ratios", "run_comparison", "write_csv"]
+           "measure", "peak_memory", "ratios", "run_comparison", "speed_table", "write_csv"]

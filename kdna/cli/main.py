@@ -1,11 +1,12 @@
 """``kdna train / eval / metrics / demo``: the reference code's command line, done right.
 
-The reference flags work as before (``--data --ckpt_dir --log_dir --arch --customize
---pretrained --epochs --warmup-epochs --start-epoch -b --lr --momentum --wd --eta-min -j
---seed --resume -e --dummy`` and the distributed ones), each in its hyphen and underscore
-spelling. New: ``--convert`` (convert a pretrained model with :func:`kdna.convert`),
-``--adapters-only`` (train only what KernelDNA added, norms and head), ``--image-size``,
-``--optimizer``, ``--label-smoothing``, ``--max-steps``, ``--limit``. Everything is written
+The reference code's flags mean what they mean there (``--data --ckpt_dir --log_dir --arch
+--customize --pretrained --epochs --warmup-epochs --start-epoch -b --lr --momentum --wd
+--eta-min -j --seed --resume -e --dummy`` and the distributed ones), each in its hyphen and
+underscore spelling, so its commands run unchanged. Beyond them: ``--convert`` (convert a
+pretrained model with :func:`kdna.convert`), ``--adapters-only`` (train only what KernelDNA
+added, norms and head), ``--image-size``, ``--optimizer``, ``--label-smoothing``,
+``--max-steps``, ``--limit``. Everything is written
 under ``./runs/`` unless told otherwise. ``kdna metrics`` lives in :mod:`kdna.cli.metrics`;
 ``kdna check-data PATH`` lists the unreadable images of a folder.
 

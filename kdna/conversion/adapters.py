@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from kdna._checks import path_arg
 from kdna._extras import require
-from kdna._files import write_atomically
+from kdna._files import read_record, write_atomically
 from kdna.conversion.convert import apply_plan
 from kdna.conversion.layers import check_not_converted
 from kdna.conversion.plan import ConversionPlan
@@ -138,17 +138,9 @@ def _read(folder: Path) -> tuple[dict, bytes]:
         if not file.is_file():
             raise FileNotFoundError(f"no adapter file {file}: expected a folder written by "
                                     f"kdna.save_adapters, with {CONFIG_FILE} and {TENSORS_FILE}")
-    try:
-        meta = json.loads(config.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{config} is not a kdna adapter file (format {FORMAT!r} expected)")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{config} has adapter format version {meta.get('version')!r}; this "
-                         f"kdna reads version {VERSION} (version 1 files, whose plan held "
-                         f"groups but not each layer's settings, are not read: convert and "
-                         f"save the adapters again)")
+    meta = read_record(config, FORMAT, VERSION, "adapter", older=(
+        " (version 1 files, whose plan held groups but not each layer's settings, are not "
+        "read: convert and save the adapters again)"))
     blob = tensors.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta["tensors"]["sha256"]:
         raise ValueError(f"{tensors} does not match {config} (its sha256 differs): the pair was "

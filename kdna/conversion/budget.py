@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdna._checks import module_arg, tensor_arg
+from kdna._tables import markdown_table
 from kdna.conversion.config import ConvertConfig, resolve_config
 from kdna.conversion.convert import apply_plan
 from kdna.conversion.plan import ConversionPlan
@@ -95,16 +96,15 @@ class DamagePlan:
         lines = [f"sharing by measured damage: {len(self.chosen)} of {len(self.measured)} "
                  f"candidate children, saving {self.saving:.1%} (asked for {self.target:.1%}); "
                  f"{len(self.refused)} refused: with the children before them they kept less "
-                 f"than {self.min_spread:.0%} of the outputs' spread over the batch",
-                 "", "| child | parent | params saved | KL alone | top-1 alone | spread kept "
-                 "alone | chosen |", "|---|---|---|---|---|---|---|"]
+                 f"than {self.min_spread:.0%} of the outputs' spread over the batch", ""]
         chosen = {g.children for g in self.chosen}
         refused = {g.children for g in self.refused}
-        for g in self.measured:
-            mark = "yes" if g.children in chosen else "refused" if g.children in refused else ""
-            lines.append(f"| {', '.join(g.children)} | {g.parent} | {g.params_saved:,} | "
-                         f"{g.agreement.kl:.3f} | {g.agreement.top1:.0%} | "
-                         f"{g.spread_kept:.0%} | {mark} |")
+        rows = [[", ".join(g.children), g.parent, f"{g.params_saved:,}", f"{g.agreement.kl:.3f}",
+                 f"{g.agreement.top1:.0%}", f"{g.spread_kept:.0%}",
+                 "yes" if g.children in chosen else "refused" if g.children in refused else ""]
+                for g in self.measured]
+        lines.append(markdown_table(["child", "parent", "params saved", "KL alone",
+                                     "top-1 alone", "spread kept alone", "chosen"], rows))
         return "\n".join(lines)
 
 

@@ -228,13 +228,12 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "pap
             side at most ``max_size``); use the images' own size to keep them as they are.
         **kwargs: passed on to ``torchvision.models.detection.FasterRCNN``.
     """
-    kind = _trunk_kind(arch, trunk)
-    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
+    backbone = resnet_fpn_backbone(arch, trunk=trunk, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
-    args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,
-                          representation_size, min_size, max_size, kwargs)
-    return FasterRCNN(backbone, **args)
+    return FasterRCNN(backbone, **_detector_args(num_classes, backbone, returned_layers,
+                                                 anchor_sizes, representation_size, min_size,
+                                                 max_size, kwargs))
 
 
 def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
@@ -252,8 +251,7 @@ def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper
             or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in mask_layers)):
         raise ValueError(f"mask_layers must be a non-empty sequence of positive integers, got "
                          f"{mask_layers!r}")
-    kind = _trunk_kind(arch, trunk)
-    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
+    backbone = resnet_fpn_backbone(arch, trunk=trunk, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
     args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,

@@ -100,7 +100,7 @@ def train_method(method: str | FinetuneMethod, protocol: Protocol, splits: Proto
     history's curve). ``confusion``: the metrics carry confusion matrices."""
     method = get_method(method)
     one_of("lr", float(lr), protocol.lrs)
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     context.seed = seed
     prepared = prepare(method, pretrained, context)
     if protocol.batchnorm == "frozen":

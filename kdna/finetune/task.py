@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdna._checks import module_arg, path_arg, positive_int
 from kdna._extras import require
-from kdna._files import write_atomically
+from kdna._files import read_record, write_atomically
 from kdna.conversion.adapters import load_adapters, save_adapters
 from kdna.data.imagefiles import read_image
 from kdna.data.transforms import image_transform
@@ -97,16 +97,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no {TASK_FILE} in {folder}: expected a folder written by "
                                 f"kdna.finetune(...).save(...) or `kdna finetune --out`")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a kdna task file (format {FORMAT!r} expected)")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{path} has task format version {meta.get('version')!r}; this kdna "
-                         f"reads version {VERSION}")
-    return meta
+    return read_record(path, FORMAT, VERSION, "task")
 
 
 def _base(meta: dict[str, Any], base: nn.Module | None, folder: Path) -> nn.Module:

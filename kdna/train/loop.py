@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdna.nn.norm import BATCH_NORMS
+from kdna.nn.utils import default_device
 from kdna.train.checkpoint import (
     check_writable,
     load_checkpoint,
@@ -74,7 +75,7 @@ class _Trainer:
                  device: torch.device | str | None, resume: str | Path | None,
                  meta: dict[str, Any] | None) -> None:
         self.config, self.meta = config, dict(meta or {})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         cuda = self.device.type == "cuda"
         self.precision = autocast_for(self.device, amp=config.amp, dtype=config.amp_dtype)
         self.channels_last = config.channels_last if config.channels_last is not None else cuda
