@@ -115,7 +115,7 @@ class ConvertConfig:
     # Linear that runs per position, except those that see one position: heads and
     # squeeze-excitation) becomes a child of its own frozen kernel, with its scales at zero
     # (fit_scales and parent_rule do not apply) and the function exactly the original's.
-    # Depthwise convolutions get static scales only (see kdna.conversion.plan).
+    # Depthwise convolutions get static scales only (see kdna.conversion.rules).
     share: bool = True
     # A cap on each gate's hidden width (the reduction ratio is raised where C / r would
     # exceed it); None: no cap.
