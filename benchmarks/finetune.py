@@ -85,6 +85,17 @@ def throughputs(comparison, batch: int, iters: int) -> None:
             s.throughput = results[s.method] / results["plain"]
 
 
+def step_costs(speed: Path | None, arch: str = "efficientnet_lite0") -> dict[str, float]:
+    """Each method's step time relative to LoRA's on ``arch`` from the fine-tuning cost
+    benchmark's CSV (``benchmarks/finetune_speed.py``: interleaved rounds in one process), the
+    rows of the current training form; empty without the file."""
+    if speed is None or not speed.is_file():
+        return {}
+    with open(speed, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["arch"] == arch and r["form"] == "now"]
+    return {r["method"]: float(r["time_vs_lora"]) for r in rows}
+
+
 def run_one(data: str, protocol: Protocol, methods: list[str], cache, threads: int | None,
             progress: bool) -> dict:
     """One data set's comparison, as plain values (this may run in a worker process)."""
@@ -157,6 +168,15 @@ def section(result: dict) -> list[str]:
     return [*lines, "Goals:", *goals(result), ""]
 
 
+def _cost_words(args) -> str:
+    source = getattr(args, "speed_source", None)
+    if source is None:
+        return "seconds per step (the runs' own wall time, data loading included: noisy)"
+    return (f"step time relative to LoRA's, from the fine-tuning cost benchmark "
+            f"(`benchmarks/results/{source.name.replace('.csv', '.md')}`: EfficientNet-Lite0, "
+            f"interleaved rounds in one process; not measured for methods it leaves out)")
+
+
 def write(results: list[dict], args, seconds: float, load: tuple[float, float]) -> Path:
     protocol = results[0]["protocol"]
     device = results[0]["device"]
@@ -198,9 +218,8 @@ def write(results: list[dict], args, seconds: float, load: tuple[float, float]) 
         "Columns: validation top-1 at each rate of the grid (the chosen one in bold); "
         "trainable parameters; the task file (what a task stores beside the pretrained "
         "network: a `kdna.save_adapters` folder for KernelDNA, otherwise a safetensors file of "
-        "every tensor that differs from it); seconds per step "
-        "(the training loop's wall time, data loading included: noisy on a shared machine); "
-        "deployed "
+        "every tensor that differs from it); "
+        f"{_cost_words(args)}; deployed "
         "inference throughput relative to the plain network (batch 32, BatchNorms folded, "
         "LoRA merged, measured interleaved in the same run; the linear probe, norms + head, "
         "BitFit, full fine-tuning and merged LoRA deploy as the plain network itself, so their "
@@ -307,6 +326,14 @@ def merge_tables(fresh: Path, target: Path) -> list[tuple[str, str]]:
     return merge_csv(fresh.with_suffix(".csv"), target.with_suffix(".csv"))
 
 
+def _committed_speed() -> Path | None:
+    """The newest committed fine-tuning cost CSV of this kind of device (GPU or CPU)."""
+    gpu = torch.cuda.is_available()
+    found = [p for p in (ROOT / "results").glob("finetune-speed-*.csv")
+             if ("nvidia" in p.name) == gpu]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def write_defaults(table: Path) -> Path:
     """``kdna/finetune/committed.json`` from the committed ``table`` (.csv): the defaults of
     ``kdna.finetune`` (the method and each method's learning rate) follow the benchmark."""
@@ -332,6 +359,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--speed", type=Path, default=None,
+                   help="the fine-tuning cost benchmark's CSV whose step times the table quotes "
+                   "(default: the newest committed finetune-speed-*.csv of a CPU, or of a GPU "
+                   "when run on one)")
     p.add_argument("--merge-into", type=Path, default=None,
                    help="merge this run's rows into these committed tables (.md and .csv)")
     p.add_argument("--merge-from", type=Path, default=None,
@@ -367,6 +398,11 @@ def main() -> None:
             results = list(pool.map(run_one, *zip(*jobs, strict=True)))
     else:
         results = [run_one(*job) for job in jobs]
+    args.speed_source = args.speed or _committed_speed()
+    costs = step_costs(args.speed_source)
+    for result in results:
+        for summary in result["summaries"]:
+            summary.step_vs_lora = costs.get(summary.method)
     path = write(results, args, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(path.read_text())
     if args.out.resolve() == (ROOT / "results").resolve():

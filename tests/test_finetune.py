@@ -141,6 +141,9 @@ def test_defaults_come_from_the_committed_table():
         if row["method"] in in_place and row["lr"] is not None:
             means.setdefault(row["method"], []).append(row["test_top1_mean"])
     assert committed.default_method() == max(means, key=lambda m: sum(means[m]) / len(means[m]))
+    gated = {m: v for m, v in means.items()
+             if METHODS[m].settings.get("gate_reduction", 1) is not None}
+    assert committed.default_method(gated=True) == max(gated, key=lambda m: sum(gated[m]))
     for row in rows:
         if row["lr"] is not None:
             assert committed.default_lr(row["method"], row["data"]) == row["lr"]

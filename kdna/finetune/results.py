@@ -66,6 +66,9 @@ class MethodSummary:
     same_as: str | None = None  # trains exactly what this other method trains: not run again
     note: str = ""
     throughput: float | None = None  # deployed inference throughput / the plain network's
+    # training step time relative to LoRA's, from the fine-tuning cost benchmark
+    # (benchmarks/finetune_speed.py: interleaved rounds in one process), where it was measured
+    step_vs_lora: float | None = None
 
     @property
     def mean(self) -> float:
@@ -110,7 +113,8 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
-def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str]) -> list[str]:
+def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str], costs: bool
+         ) -> list[str]:
     """A method's cells; one not run (a duplicate, a failure) says why and leaves the rest
     empty."""
     if s.same_as or s.error:
@@ -122,20 +126,30 @@ def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str]) -> li
     speed = [] if s.throughput is None else [f"{s.throughput:.2f}x"]
     return [s.label, s.trains, f"{s.lr:g} ({grid})",
             f"**{100 * s.mean:.1f} ± {100 * s.std:.1f}** ({len(s.test)})", f"{s.trainable:,}",
-            _size(s.task_bytes), f"{s.seconds_per_step:.3f}", *speed]
+            _size(s.task_bytes), _step_cell(s, costs), *speed]
+
+
+def _step_cell(s: MethodSummary, costs: bool) -> str:
+    if not costs:
+        return f"{s.seconds_per_step:.3f}"
+    return "not measured" if s.step_vs_lora is None else f"{s.step_vs_lora:.2f}x"
 
 
 def comparison_table(summaries: Sequence[MethodSummary], lrs: Sequence[float]) -> str:
     """The comparison as a Markdown table: per method what trains, the learning rate chosen
     (validation top-1 at each rate of the grid, the chosen one in bold), test top-1 as mean
-    ± standard deviation over seeds, trainable parameters, task file, seconds per step and,
-    where measured, deployed throughput relative to the plain network."""
+    ± standard deviation over seeds, trainable parameters, task file, the training step's cost
+    (its time relative to LoRA's from the fine-tuning cost benchmark where the summaries carry
+    it, else the runs' own seconds per step) and, where measured, deployed throughput relative
+    to the plain network."""
     speed = any(s.throughput is not None for s in summaries)
+    costs = any(s.step_vs_lora is not None for s in summaries)
     grid = " / ".join(f"{lr:g}" for lr in lrs)
     header = ["method", "trains", f"lr chosen (val top-1 % at {grid})", "test top-1 % (seeds)",
-              "trainable", "task file", "s / step", *(["deployed speed"] if speed else [])]
+              "trainable", "task file", "step time vs LoRA" if costs else "s / step",
+              *(["deployed speed"] if speed else [])]
     by_label = {s.method: s.label for s in summaries}
-    return markdown_table(header, [_row(s, lrs, by_label) for s in summaries],
+    return markdown_table(header, [_row(s, lrs, by_label, costs) for s in summaries],
                           "lllrrrr" + ("r" if speed else ""))
 
 
