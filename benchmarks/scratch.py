@@ -173,8 +173,8 @@ def write(args, comparison, rows, verdicts, seconds: float, loads: list[float]) 
         "throughput relative to the plain network of the same family (ResNet-18, or "
         "MobileNetV2 0.5x for its KernelDNA layout), every network in its inference form "
         "(BatchNorms folded where the layer allows), batch 32, measured interleaved in this "
-        "run with `kdna.bench.compare`; seconds per training step (fit's wall time, data "
-        "loading included, median over the runs); training minutes of all its runs.", "",
+        "run with `kdna.bench.compare`; seconds per training step (the training loop's wall time, "
+        "data loading included, median over the runs); training minutes of all its runs.", "",
         markdown_table(rows, protocol.lrs), "",
         "## The paper's claims", "", CLAIMS_TEXT, "",
         *[f"- {v.text}" for v in verdicts], "",

@@ -2,7 +2,7 @@
 
 For the pretrained EfficientNet-Lite0, and for each residual rank in ``--ranks``, the groups of
 same-shaped layers are ordered by the damage each does alone (:func:`plan_by_damage`, on a
-probe batch of recovery crops, one layer at a time), and for each parameter saving in
+batch of recovery crops, one layer at a time), and for each parameter saving in
 ``--savings`` the least damaging layers that reach it are shared (relaxed children of that
 rank, gates capped at 8 hidden units, the parent a member kept as it is unless
 ``--parent-init`` says otherwise). Each shared network is measured on held-out crops
@@ -33,9 +33,9 @@ import kdna
 from kdna.conversion import apply_plan
 from kdna.conversion.budget import plan_by_damage
 from kdna.conversion.recovery import distill
-from kdna.data.probe import HELD_OUT_PHOTOS as HELD_OUT
-from kdna.data.probe import RECOVERY_PHOTOS as RECOVERY
-from kdna.data.probe import photo_crops
+from kdna.data.photos import HELD_OUT_PHOTOS as HELD_OUT
+from kdna.data.photos import RECOVERY_PHOTOS as RECOVERY
+from kdna.data.photos import photo_crops
 from kdna.models.efficientnet_lite import MEAN, STD
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,7 +76,7 @@ def one_rank(teacher, rank, args, recovery, held_out) -> list[dict]:
     for target in args.savings:
         plan = ordered.plan_for(target)
         student = copy.deepcopy(teacher)
-        apply_plan(student, dataclasses.replace(plan, example_inputs=None, probe_output=None))
+        apply_plan(student, dataclasses.replace(plan, example_inputs=None, original_output=None))
         saving = 1 - kdna.count_parameters(student) / kdna.count_parameters(teacher)
         result = distill(student, teacher, recovery, held_out=held_out, block_steps=args.steps,
                          logit_steps=0, lr=args.lr, batch_size=args.batch_size, progress=False)

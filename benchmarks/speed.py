@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from kdna.bench import Measurement, Options, device_description, ratios
-from kdna.bench.variants import VARIANTS, markdown_table, run_comparison, write_csv
+from kdna.bench.variants import VARIANTS, run_comparison, speed_table, write_csv
 
 RESULTS = Path(__file__).parent / "results"
 ARCHS = ("resnet18", "mobilenet_v2")
@@ -101,7 +101,7 @@ def main() -> None:
             results = run_comparison(arch, (batch, 3, size, size), variants, options=options,
                                      deployed=options.deploy, progress=True)
             sections.append(f"### {arch}, batch {batch}, {size}x{size}, {label}\n\n"
-                            + markdown_table(results))
+                            + speed_table(results))
             print(sections[-1], flush=True)
             checks += _checks(label, arch, batch, results)
             write_csv(csv_path, results, extra={"arch": arch, "label": label}, append=not first)

@@ -1,4 +1,6 @@
-"""Files that are never half-written: write to a temporary file beside the target, then rename."""
+"""Files that are never half-written (a temporary file beside the target, then a rename), and
+the versioned JSON records kdna writes beside its tensors (adapter files, task files), read
+back with one set of checks."""
 
 from __future__ import annotations
 
@@ -44,21 +46,18 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-def read_record(path: Path, kind: str, version: int, written_by: str) -> dict[str, Any]:
-    """The JSON object in ``path`` whose ``"format"`` is ``kind`` and ``"version"`` is
-    ``version``: a ``FileNotFoundError`` that says what writes such a file when it is
-    missing, a ``ValueError`` naming the file when it is not that JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}: expected a folder written "
-                                f"by {written_by}")
+def read_record(path: Path, fmt: str, version: int, kind: str, *, older: str = ""
+                ) -> dict[str, Any]:
+    """The JSON object in ``path``: a ``ValueError`` naming the file unless it is valid JSON
+    whose ``format`` is ``fmt`` (a kdna ``kind`` file) at ``version``; ``older`` says what to
+    do with a file of another version."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(record, dict) or record.get("format") != kind:
-        raise ValueError(f"{path} is not a {kind} file (format {kind!r} expected)")
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ValueError(f"{path} is not a kdna {kind} file (format {fmt!r} expected)")
     if record.get("version") != version:
-        raise ValueError(f"{path} has {kind} format version {record.get('version')!r}; this "
-                         f"kdna reads version {version}")
+        raise ValueError(f"{path} has {kind} format version {record.get('version')!r}; this kdna "
+                         f"reads version {version}{older}")
     return record

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,39 +74,22 @@ class OnnxCheck:
         return f"{self.path.name}: {verdict} ({errors}; tolerance {self.tolerance:g})"
 
 
-def _example_inputs(function: str, example_inputs: Tensor | None,
-                    legacy: dict[str, object]) -> Tensor:
-    """``example_inputs``, or the deprecated ``example=`` keyword (with a warning), checked."""
-    if "example" in legacy:
-        warnings.warn(f"{function}(example=...) is deprecated and will be removed in kdna "
-                      "0.2; pass example_inputs=...", DeprecationWarning, stacklevel=3)
-        if example_inputs is not None:
-            raise TypeError(f"{function}() got both example_inputs and example; pass "
-                            "example_inputs only")
-        example_inputs = legacy.pop("example")
-    if legacy:
-        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(legacy)}")
+def _example_inputs(example_inputs: Tensor) -> Tensor:
+    """``example_inputs``, checked: one input batch ``[B, C, H, W]``."""
     if not isinstance(example_inputs, Tensor) or example_inputs.dim() != 4:
         raise ValueError(f"example_inputs must be an input batch [B, C, H, W], got "
                          f"{getattr(example_inputs, 'shape', type(example_inputs).__name__)}")
     return example_inputs
 
 
-def check_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | None = None, *,
-               batch_sizes: tuple[int, ...] = (1, 3), tolerance: float = 1e-4,
-               **deprecated: object) -> OnnxCheck:
+def check_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor, *,
+               batch_sizes: tuple[int, ...] = (1, 3), tolerance: float = 1e-4) -> OnnxCheck:
     """Run the ONNX file at ``path`` with onnxruntime (CPU) and compare with ``model`` in eval
     mode, on random batches of the sizes in ``batch_sizes`` shaped like ``example_inputs``.
-
-    The old order ``check_onnx(path, model, example)`` and the old keyword ``example=`` still
-    work until kdna 0.2, with a ``DeprecationWarning``.
     """
-    if isinstance(model, str | os.PathLike) and isinstance(path, nn.Module):
-        warnings.warn("check_onnx(path, model, ...) is deprecated and will be removed in kdna "
-                      "0.2; pass the model first: check_onnx(model, path, example_inputs)",
-                      DeprecationWarning, stacklevel=2)
-        model, path = path, model
-    example_inputs = _example_inputs("check_onnx", example_inputs, deprecated)
+    module_arg("model", model)
+    path_arg("path", path)
+    example_inputs = _example_inputs(example_inputs)
     tolerance = non_negative_float("tolerance", tolerance)
     batch_sizes = tuple(positive_int("batch_sizes", b) for b in batch_sizes)
     onnxruntime = require("onnxruntime", "export", "check_onnx")
@@ -128,19 +110,18 @@ def check_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | None
     return OnnxCheck(Path(path), errors, tolerance)
 
 
-def export_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor | None = None, *,
+def export_onnx(model: nn.Module, path: str | Path, example_inputs: Tensor, *,
                 check: bool = True, batch_sizes: tuple[int, ...] = (1, 3),
-                tolerance: float = 1e-4, **deprecated: object) -> OnnxCheck | None:
+                tolerance: float = 1e-4) -> OnnxCheck | None:
     """Export ``deploy(model)`` to ONNX with a dynamic batch axis; check it unless told not to.
 
     ``example_inputs`` is one input batch ([B, C, H, W]); height and width are fixed by it.
     The file is written to a temporary name and renamed, so a failed export leaves nothing
     behind. Raises ``RuntimeError`` when the check finds a difference above ``tolerance``.
-    The old keyword ``example=`` still works until kdna 0.2, with a ``DeprecationWarning``.
     """
     module_arg("model", model)
     path_arg("path", path)
-    example_inputs = _example_inputs("export_onnx", example_inputs, deprecated)
+    example_inputs = _example_inputs(example_inputs)
     for module in ("onnx", "onnxscript", *(("onnxruntime",) if check else ())):
         require(module, "export", "export_onnx")  # torch's exporter, then the check
     path = Path(path)

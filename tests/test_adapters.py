@@ -15,6 +15,7 @@ from torch import nn
 import kdna
 from kdna import ChildConv2d, ConvertConfig, adapter_only, convert, load_adapters, save_adapters
 from kdna.conversion.adapters import CONFIG_FILE, TENSORS_FILE
+from kdna.conversion.record import conversion_record
 
 
 def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -262,6 +263,26 @@ def test_adapter_file_errors(tmp_path):
     kdna.fold(model)
     with pytest.raises(ValueError, match="unfold"):
         save_adapters(model, tmp_path / "b")
+
+
+def test_the_plan_is_the_record_and_another_record_is_refused(tmp_path):
+    model = _fine_tuned()
+    folder = save_adapters(model, tmp_path / "a")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    record = kdna.conversion.ConversionPlan.from_json(meta["plan"])
+    assert record.in_place == conversion_record(model).plan.in_place  # every layer's settings
+    assert all("gate_reduction" in layer for layer in meta["plan"]["in_place"])
+    base = _resnet18()
+    for edit, message in ((lambda m: {**m, "version": 1}, r"version 1; this kdna reads version 2 "
+                           r"\(version 1 files, whose plan held groups"),
+                          (lambda m: {**m, "format": "x"}, "is not a kdna adapter file"),
+                          (lambda m: "{", "is not valid JSON")):
+        changed = edit(meta)
+        (folder / CONFIG_FILE).write_text(changed if isinstance(changed, str)
+                                          else json.dumps(changed))
+        with pytest.raises(ValueError, match=message):
+            load_adapters(base, folder)
+    assert not any(isinstance(m, kdna.KernelChild) for m in base.modules())
 
 
 def test_trainable_norms_and_head_are_saved_even_before_they_move(tmp_path, batch):

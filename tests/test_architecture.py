@@ -16,8 +16,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 from code_size import oversized  # noqa: E402  (tools/, not kdna)
 
 # The layers, lowest first: a module may import its own layer and the layers before it.
-LAYERS = ("_checks", "_extras", "_files", "nn", "conversion", "data", "models", "train", "finetune",
-          "analysis", "viz", "deploy", "bench", "scratch", "dense", "cli")
+LAYERS = ("_checks", "_extras", "_files", "_tables", "nn", "conversion", "data", "models", "train",
+          "finetune", "analysis", "viz", "deploy", "bench", "scratch", "dense", "cli")
+# The private modules every layer may use: the bottom of the list.
+SHARED_PRIVATE = tuple(f"kdna.{layer}" for layer in LAYERS if layer.startswith("_"))
 SUBPACKAGES = ("nn", "conversion", "data", "models", "train", "finetune", "analysis", "viz",
                "bench", "scratch", "dense", "cli")
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -59,8 +61,7 @@ def test_no_private_name_is_imported_from_another_module():
         for module, names, line in _imports(path):
             private_module = any(part.startswith("_") and part not in ("__future__",)
                                  for part in module.split(".")[1:])
-            if module.startswith("kdna") and (private_module and module not in (
-                                                  "kdna._checks", "kdna._extras", "kdna._files")):
+            if module.startswith("kdna") and private_module and module not in SHARED_PRIVATE:
                 offences.append(f"{_where(path, line)} imports the private module {module}")
             for name in names:
                 if name.startswith("_") and module != "__future__":
@@ -125,12 +126,28 @@ def test_the_short_import_paths_people_use_keep_working():
     import kdna.train
     import kdna.viz
 
-    assert callable(kdna.train.fit) and callable(kdna.data.load_data)
+    assert callable(kdna.train.train_classifier) and callable(kdna.data.load_data)
     assert callable(kdna.bench.compare) and callable(kdna.bench.measure)
     assert callable(kdna.dense.faster_rcnn) and callable(kdna.dense.train_dense)
     assert callable(kdna.viz.routing_heatmap)
     assert callable(kdna.convert) and callable(kdna.fold)  # functions, not modules
     assert all(hasattr(kdna, n) for n in kdna.__all__)
+
+
+def test_the_measuring_package_defines_no_layer():
+    """kdna.bench measures; the layers it measures (KernelDNA's, CondConv, DY-Conv, ODConv)
+    live in kdna.nn."""
+    from torch import nn
+
+    offences = []
+    for path in sorted((PACKAGE / "bench").rglob("*.py")):
+        module = importlib.import_module(_module_name(path))
+        for name, value in vars(module).items():
+            if (isinstance(value, type) and issubclass(value, nn.Module)
+                    and (value.__module__ == module.__name__
+                         or name in getattr(module, "__all__", ()))):
+                offences.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not offences, "kdna.bench defines or exports nn.Module layers:\n" + "\n".join(offences)
 
 
 def test_modules_and_functions_stay_small():

@@ -1,4 +1,5 @@
-"""CondConv, DY-Conv and ODConv against a per-sample loop that builds each kernel explicitly."""
+"""CondConv, DY-Conv and ODConv (kdna.nn.dynamic) against a per-sample loop that builds each
+kernel explicitly, and the networks kdna.bench.baselines builds from them."""
 
 from __future__ import annotations
 
@@ -7,16 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdna.bench.baselines import (
-    ARCHS,
-    BASELINES,
-    CondConv2d,
-    DynamicConv2d,
-    ODConv2d,
-    build_baseline,
-    dynamic_network,
-)
+from kdna.bench.baselines import ARCHS, BASELINES, build_baseline, dynamic_network
 from kdna.nn import count_parameters
+from kdna.nn.dynamic import CondConv2d, DynamicConv2d, ODConv2d
 from kdna.nn.functional import gated_kernels
 
 METHODS = {
@@ -265,10 +259,11 @@ def test_bad_arguments_raise_value_error(make_bad, match):
         make_bad()
 
 
-def test_the_classes_live_in_their_own_modules_and_baselines_re_exports_them():
-    from kdna.bench import baselines, experts, odconv
+def test_the_layers_live_in_kdna_nn_dynamic_and_every_baseline_is_one():
+    from kdna.nn import dynamic
+    from kdna.nn.dynamic import experts, odconv
 
     for module in (experts, odconv):
         for name in module.__all__:
-            assert getattr(baselines, name) is getattr(module, name)
-    assert all(issubclass(cls, baselines.ExpertConv2d) for cls, _ in BASELINES.values())
+            assert getattr(dynamic, name) is getattr(module, name)
+    assert all(issubclass(cls, dynamic.ExpertConv2d) for cls, _ in BASELINES.values())

@@ -118,7 +118,7 @@ def test_the_demo_is_the_user_path_finetune_then_predict(tmp_path, capsys):
     assert "$ kdna finetune --data" in printed.err and "$ kdna predict" in printed.err
     assert re.search(r"kdna predict named \d+ of 10 held-out digits right", printed.out)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["method"] == default_method() and metrics["steps"] == 3
+    assert metrics["method"] == default_method(gated=True) and metrics["steps"] == 3
     assert metrics["baseline"]["method"] == BASELINE and metrics["baseline"]["steps"] == 3
     assert 0 <= metrics["test_top1"] <= 1 and metrics["sources"]["test"] == "test/"
     report = (tmp_path / "report.md").read_text()

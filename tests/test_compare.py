@@ -9,8 +9,8 @@ import torch
 from kdna.bench.variants import (
     VARIANTS,
     comparison_models,
-    markdown_table,
     run_comparison,
+    speed_table,
     write_csv,
 )
 from kdna.cli import main
@@ -38,7 +38,7 @@ def test_variants_and_archs_are_checked():
 def test_a_comparison_reports_ratios_to_the_static_network(tmp_path):
     results = run_comparison("mobilenet_v2", (2, 3, 32, 32), ["static", "kdna", "paper"],
                              warmup=0, iters=2, threads=1)
-    table = markdown_table(results)
+    table = speed_table(results)
     assert table.splitlines()[0].startswith("| model | params (M)")
     static_row = next(line for line in table.splitlines() if line.startswith("| static "))
     assert "| 1.00 |" in static_row

@@ -1,11 +1,11 @@
-"""One conversion policy: ConvertConfig, its presets and overrides, the deprecated keywords,
+"""One conversion policy: ConvertConfig, its presets and overrides,
 and convert as plan_conversion then apply_plan."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import json
 
 import pytest
 import torch
@@ -140,47 +140,10 @@ def test_config_must_be_a_convert_config():
         convert(_net(), {"fit_scales": False})
 
 
-# ---- the keywords of the previous release --------------------------------------------------
-
-def test_deprecated_parent_warns_at_the_caller_and_matches_parent_rule():
-    with pytest.warns(DeprecationWarning, match=r"parent=\) is deprecated.*use parent_rule=") as w:
-        old = convert(_net(), include=BODY, parent="last")
-    assert w[0].filename == __file__  # stacklevel points at the user's call
-    new = convert(_net(), include=BODY, parent_rule="last")
-    assert old.layout == new.layout == {"9": ["3", "6"]}
-    assert convert(_net(), include=BODY).layout != old.layout  # the keyword did something
-    with pytest.warns(DeprecationWarning) as w:
-        plan = plan_conversion(_net(), include=BODY, parent="first")
-    assert w[0].filename == __file__ and plan.layout == {"3": ["6", "9"]}
-
-
-def test_deprecated_fit_warns_and_matches_fit_scales(batch):
-    a, b, c = _net(), _net(), _net()
-    torch.manual_seed(1)  # the gates' random initialisation
-    with pytest.warns(DeprecationWarning, match=r"fit=\) is deprecated.*use fit_scales="):
-        old = convert(a, fit=False, example_inputs=batch)
-    torch.manual_seed(1)
-    new = convert(b, fit_scales=False, example_inputs=batch)
-    assert _states_equal(a, b) and old.layout == new.layout
-    assert all(math.isnan(e) for e in old.fit_errors.values())
-    assert old.agreement == new.agreement
-    torch.manual_seed(1)
-    convert(c, example_inputs=batch)  # fitted: a different state, so the keyword mattered
-    assert not _states_equal(a, c)
-
-
-def test_old_and_new_keyword_together_or_a_bad_old_value_raise():
-    with pytest.raises(TypeError, match=r"both fit= and fit_scales="):
-        convert(_net(), fit=False, fit_scales=False)
-    with pytest.raises(ValueError, match=r"parent must be one of .*'biggest'"), \
-            pytest.warns(DeprecationWarning):
-        convert(_net(), parent="biggest")
-
-
 # ---- plan, then apply ---------------------------------------------------------------------------
 
 def test_plan_changes_nothing_and_lists_what_convert_will_do(batch):
-    model = _net().train()  # train mode: a probe in train mode would move BatchNorm statistics
+    model = _net().train()  # a forward pass in train mode would move BatchNorm statistics
     state = copy.deepcopy(model.state_dict())
     structure = [(n, type(m)) for n, m in model.named_modules()]
     plan = plan_conversion(model, example_inputs=batch)
@@ -191,9 +154,51 @@ def test_plan_changes_nothing_and_lists_what_convert_will_do(batch):
     assert model.training and not any(m._forward_pre_hooks for m in model.modules())
     assert sorted([p, *c] for p, c in plan.layout.items()) == [sorted(BODY)]
     assert [names for names, _ in plan.skipped] == [("15", "18")]
-    assert plan.example_inputs is batch and plan.probe_output.shape == (4, 5)
+    assert plan.example_inputs is batch and plan.original_output.shape == (4, 5)
     text = str(plan)
-    assert "1 parents, 2 children" in text and "left dense: 15, 18" in text
+    assert "1 parents, 2 children" in text and "\n- 15, 18: an adapter" in text
+    parent = plan.groups[0].parent
+    rows = [line for line in text.splitlines() if line.startswith(("| 3 |", "| 6 |", "| 9 |"))]
+    assert len(rows) == 2 and all(f"| shared | {parent} (kept) | conv 8x8x3x3 |" in r
+                                  for r in rows)
+    assert all("| identity, r=4, 2 | yes | fitted (10 steps) | 0 |" in r for r in rows)
+
+
+def test_the_plan_holds_every_setting_and_apply_reads_no_config():
+    config = ConvertConfig.pretrained(parent_init="lsq", residual_rank=2, fit_steps=3,
+                                      gate_max_hidden=1, include=BODY)
+    plan = plan_conversion(_net(), config)
+    (group,) = plan.groups
+    assert (group.parent_init, group.parent_steps, group.new_parent) == ("lsq", 3, True)
+    assert group.children[0].name == group.parent  # a new parent: the reference is a child
+    assert sorted(plan.children) == BODY and group.child_names == plan.layout[group.parent]
+    layer = group.children[1]
+    assert (layer.kind, layer.shape, layer.taps, layer.fit_steps, layer.residual_rank) == (
+        "conv", (8, 8, 3, 3), True, 3, 2)
+    assert (layer.gate_form, layer.gate_reduction, layer.gate_hidden) == ("identity", 8, 1)
+    a, b = _net(), _net()
+    torch.manual_seed(1)
+    report = apply_plan(a, plan)
+    torch.manual_seed(1)  # recorded with another config, the same plan builds the same network
+    apply_plan(b, dataclasses.replace(plan, config=ConvertConfig.from_scratch()))
+    assert _states_equal(a, b)
+    child = a.get_submodule(layer.name)
+    assert sum(p.numel() for p in child.adapter_parameters()) == layer.params
+    assert child.gate.fc1.out_features == 1 and child.residual is not None
+    assert report.groups[0].params_saved == group.params_saved == 3 * (576 - layer.params) - 576
+    again = ConversionPlan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert again.groups == plan.groups and again.config == plan.config
+
+
+def test_a_plan_shares_a_part_of_its_layout_with_the_settings_it_decided():
+    plan = plan_conversion(_net(), parent_rule="last", include=BODY)
+    part = plan.with_layout({"9": ["6"]})
+    assert part.layout == {"9": ["6"]} and part.groups[0].children == plan.groups[0].children[1:]
+    lsq = plan_conversion(_net(), parent_rule="last", include=BODY, parent_init="lsq")
+    assert [c.name for c in lsq.with_layout({"9": ["3"]}).groups[0].children] == ["9", "3"]
+    for layout in ({"9": ["15"]}, {"3": ["6"]}, {"9": []}):
+        with pytest.raises(ValueError, match="the plan shares no child"):
+            plan.with_layout(layout)
 
 
 def test_apply_plan_gives_what_convert_gives(batch):

@@ -1,6 +1,6 @@
 """kdna.convert: grouping, parent choice, fitted adapters, the report, and clear errors.
 
-The conversion policy (ConvertConfig, its presets, overrides, deprecated keywords) and the
+The conversion policy (ConvertConfig, its presets, overrides) and the
 plan/apply split are tested in test_conversion_config.py."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdna
-from kdna import ChildConv2d, ChildLinear, convert
+from kdna import ChildConv2d, ChildLinear, ConvertConfig, convert
+from kdna.conversion.layers import default_inputs
 
 
 def _cbr(cin, cout, **kw):
@@ -167,7 +168,7 @@ def test_state_dict_loads_into_a_fresh_conversion_with_equal_outputs(cnn, batch)
         assert all(fresh.get_submodule(c).parent is fresh.get_submodule(parent) for c in children)
 
 
-def test_probe_hooks_are_removed_also_when_the_forward_fails(cnn):
+def test_shape_hooks_are_removed_also_when_the_forward_fails(cnn):
     with pytest.raises(ValueError, match="pass example_inputs"):
         convert(cnn, example_inputs=torch.randn(1, 5, 8, 8))
     assert not any(m._forward_pre_hooks for m in cnn.modules())
@@ -233,3 +234,28 @@ def test_timm_models_convert(arch):
     report = convert(model, example_inputs=x)
     assert report.groups and report.params_after < report.params_before
     assert model(x).shape == (1, 1000)
+
+
+def test_without_example_inputs_the_batch_has_the_first_convolutions_channels():
+    class SamePadded(nn.Conv2d):  # a stem of a subclass (timm's Conv2dSame): no candidate
+        pass
+
+    net = nn.Sequential(SamePadded(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.Conv2d(8, 8, 3, padding=1))
+    assert default_inputs(net).shape == (1, 3, 224, 224)  # not the first candidate's 8
+    report = convert(net, gate_reduction=None)
+    assert len(report.children) == 1 and type(net[0]) is SamePadded
+    with pytest.raises(ValueError, match=r"has no nn\.Conv2d to tell its input shape"):
+        default_inputs(nn.Sequential(nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("config", [ConvertConfig.adapters(), ConvertConfig.pretrained()])
+def test_timm_tf_efficientnet_converts_without_example_inputs(config):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_b0", pretrained=False).eval()
+    assert type(model.conv_stem).__name__ == "Conv2dSame"
+    report = convert(model, config)
+    assert report.children and "conv_stem" not in report.children
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, 1000)

@@ -9,13 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 import kdna.models.layout
 from kdna.data.shapes import ShapesDataset, collate
 from kdna.dense import (
-    FrozenGateNorm,
-    GateNorm,
     deeplabv3,
     evaluate_detection,
     evaluate_segmentation,
@@ -25,7 +22,7 @@ from kdna.dense import (
     resnet_trunk,
     train_dense,
 )
-from kdna.nn import ChannelGate, KernelChild
+from kdna.nn import ChannelGate, FrozenBatchNorm1d, FrozenBatchNorm2d, KernelChild
 
 SMALL = {"min_size": 64, "max_size": 64, "fpn_channels": 32, "representation_size": 64,
          "anchor_sizes": (16, 32, 64, 128)}
@@ -70,7 +67,7 @@ def test_gates_keep_fixed_statistics_so_batch_one_trains(shapes):
     torch.manual_seed(0)
     model = faster_rcnn(3, **SMALL)
     gates = [m for m in model.modules() if isinstance(m, ChannelGate)]
-    assert gates and all(type(g.bn) is FrozenGateNorm for g in gates)
+    assert gates and all(type(g.bn) is FrozenBatchNorm1d for g in gates)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # from scratch
     image, target = shapes[0]
     losses = model.train()([image], [target])  # one image: a BatchNorm1d would raise here
@@ -81,84 +78,19 @@ def test_gates_keep_fixed_statistics_so_batch_one_trains(shapes):
                                                            torch.zeros_like(gate.bn.running_mean))
 
 
-def test_frozen_gate_norm_is_the_documented_affine_map_and_never_updates():
-    torch.manual_seed(0)
-    norm = FrozenGateNorm(4)
-    with torch.no_grad():
-        norm.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
-        norm.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 9.0]))
-        norm.weight.copy_(torch.tensor([1.0, 2.0, -1.0, 0.5]))
-        norm.bias.copy_(torch.tensor([0.0, 1.0, 0.5, -2.0]))
-    stats = {k: v.clone() for k, v in norm.state_dict().items() if "running" in k
-             or "tracked" in k}
-    weight = norm.weight.detach().clone()
-    optimizer = torch.optim.SGD(norm.parameters(), lr=0.1)
-    for batch in (1, 3):  # one sample trains too
-        x = torch.randn(batch, 4)
-        y = norm.train()(x)
-        expected = ((x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
-                    * norm.weight + norm.bias)
-        assert torch.allclose(y, expected, atol=1e-6)
-        assert torch.allclose(norm.eval()(x), y)  # the same map in eval mode
-        optimizer.zero_grad()
-        norm.train()(x).square().sum().backward()
-        optimizer.step()
-    assert all(torch.equal(norm.state_dict()[k], v) for k, v in stats.items())
-    assert not torch.equal(norm.weight, weight)  # the scale and shift train
-    plain = nn.BatchNorm1d(4)
-    plain.load_state_dict(norm.state_dict())  # the same state_dict as BatchNorm1d
-
-
-def test_gate_norm_is_a_deprecated_alias():
-    with pytest.warns(DeprecationWarning, match="FrozenGateNorm"):
-        old = GateNorm(3)
-    assert isinstance(old, FrozenGateNorm)
-
-
-def test_deprecated_keywords_still_work_with_a_warning(shapes):
-    model = nn.Linear(1, 1)
-    seg = [(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))]
-    with pytest.warns(DeprecationWarning, match=r"train_dense\(disable=...\).*progress=False"):
-        train_dense(_TinySegmenter(), seg, 1, disable=True)
-    with pytest.warns(DeprecationWarning, match=r"clip_grad_norm=.*grad_clip=None"):
-        train_dense(_TinySegmenter(), seg, 1, clip_grad_norm=None, progress=False)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'clip'"):
-        train_dense(model, seg, 1, clip=1.0)
-    view = shapes.segmentation()
-    with pytest.warns(DeprecationWarning, match=r"evaluate_segmentation\(disable="):
-        evaluate_segmentation(deeplabv3(3, atrous_rates=(1, 2, 3)),
-                              DataLoader([view[0], view[1]], batch_size=2), 3, disable=True)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'clip_grad_norm'"):
-        evaluate_segmentation(model, [], 3, clip_grad_norm=1.0)
-    target = shapes[0][1]
-    detection = DataLoader([(torch.zeros(3, 64, 64), target)], batch_size=1, collate_fn=collate)
-    with pytest.warns(DeprecationWarning, match=r"evaluate_detection\(disable="):
-        scores = evaluate_detection(_Oracle([target]), detection, disable=False)
-    assert scores["map"] == pytest.approx(1.0)
-
-
-class _TinySegmenter(nn.Module):
-    """Two-class logits per pixel from a 1x1 convolution: enough for a segmentation step."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2, 1)
-
-    def forward(self, images):
-        return {"out": self.conv(images)}
-
-
 def test_pretrained_backbone_freezes_norms_and_early_stages(monkeypatch):
     # No network in tests: pretend the weights were loaded (the trunk stays random).
     monkeypatch.setattr(kdna.models.layout, "torchvision_weights", lambda arch, weights: None)
     backbone = resnet_fpn_backbone("resnet18", trunk="converted", weights_backbone="DEFAULT")
     body = backbone.body
     assert not any(type(m) is nn.BatchNorm2d for m in body.modules())
-    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
+    frozen = [m for m in body.modules() if type(m) is FrozenBatchNorm2d]
+    assert frozen and not any(p.requires_grad for m in frozen for p in m.parameters())
     trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}  # the default 3 with weights
-    assert all(isinstance(g.bn, FrozenGateNorm) for g in body.modules()
-               if isinstance(g, ChannelGate))
+    gates = [g for g in body.modules() if isinstance(g, ChannelGate)]
+    assert gates and all(type(g.bn) is FrozenBatchNorm1d for g in gates)
+    assert any(g.bn.weight.requires_grad for g in gates)  # the gates' scale and shift train
 
 
 def test_offline_weights_fail_fast(monkeypatch, tmp_path):
@@ -315,15 +247,3 @@ def test_converted_layout_does_not_depend_on_the_weights():
     fresh = deeplabv3(3, trunk="converted")
     fresh.load_state_dict(saved)  # same children and parents whatever the random weights
     assert _children(fresh)
-
-
-@pytest.mark.parametrize(("old", "new"), [("paper", "paper"), (True, "paper"),
-                                          ("convert", "converted"), (False, "plain")])
-def test_the_deprecated_kernel_dna_keyword_still_chooses_the_trunk(old, new):
-    with pytest.warns(DeprecationWarning, match=f"use trunk={new!r}"):
-        model = resnet_trunk(kernel_dna=old)
-    assert type(model) is type(resnet_trunk(trunk=new))
-    assert bool(_children(model)) == (new != "plain")
-    assert len(list(model.modules())) == len(list(resnet_trunk(trunk=new).modules()))
-    with pytest.raises(ValueError, match=r"kernel_dna .* got 'yes'"):
-        resnet_trunk(kernel_dna="yes")

@@ -1,5 +1,5 @@
 """kdna.train.devices: autocast by compute capability, the gradient scaler, loader workers; and
-fit's exact resume with a float16 scaler and with worker processes."""
+train_classifier's exact resume with a float16 scaler and with worker processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from kdna.train import TrainConfig, autocast_for, fit, load_checkpoint, loader_options
+from kdna.train import TrainConfig, autocast_for, load_checkpoint, loader_options, train_classifier
 from kdna.train.devices import Precision, loader_workers
 
 
@@ -111,12 +111,13 @@ def _resumes_exactly(tmp_path, train, val, stop, **kw):
     base = {"epochs": 3, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.5, "progress": False,
             "tensorboard": False}
     whole, parts, resumed = _net(), _net(), _net()
-    fit(whole, train, val, TrainConfig(**base, **kw, out_dir=str(tmp_path / "whole")))
-    fit(parts, train, val, TrainConfig(**base, **kw, out_dir=str(tmp_path / "parts"),
-                                       max_steps=stop))
+    train_classifier(whole, train, val, TrainConfig(**base, **kw, out_dir=str(tmp_path / "whole")))
+    train_classifier(parts, train, val, TrainConfig(**base, **kw, out_dir=str(tmp_path / "parts"),
+                                                    max_steps=stop))
     saved = load_checkpoint(tmp_path / "parts" / "last.pt")
-    fit(resumed, train, val, TrainConfig(**base, **kw, out_dir=str(tmp_path / "parts")),
-        resume=tmp_path / "parts" / "last.pt")
+    train_classifier(resumed, train, val,
+                     TrainConfig(**base, **kw, out_dir=str(tmp_path / "parts")),
+                     resume=tmp_path / "parts" / "last.pt")
     same = all(torch.equal(p, q) for p, q in zip(whole.state_dict().values(),
                                                   resumed.state_dict().values(), strict=True))
     return same, saved
@@ -132,7 +133,7 @@ def test_float16_with_a_scaler_trains_and_resumes_exactly_on_a_cpu(tmp_path, sto
 
 def test_no_scaler_state_without_float16(tmp_path):
     train, val = _data()
-    fit(_net(), train, val, TrainConfig(epochs=1, batch_size=32, progress=False,
+    train_classifier(_net(), train, val, TrainConfig(epochs=1, batch_size=32, progress=False,
                                         tensorboard=False, out_dir=str(tmp_path)))
     assert load_checkpoint(tmp_path / "last.pt")["scaler"] == {}
 

@@ -39,9 +39,9 @@ from kdna.train import (
     TrainConfig,
     TrainingInterrupted,
     check_writable,
-    fit,
     load_checkpoint,
     save_checkpoint,
+    train_classifier,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,10 +248,13 @@ LIBRARY_CASES = {
     "load_data a number": (lambda: load_data(3), TypeError, "source"),
     "load_data bad_images": (lambda: load_data("synthetic", bad_images="ignore"),
                              ValueError, "bad_images"),
-    "fit a string": (lambda: fit("resnet18", *_data(), TrainConfig()), TypeError, "model"),
-    "fit a tensor as data": (lambda: fit(_net(), torch.zeros(3), None, TrainConfig()),
-                             TypeError, "train_set"),
-    "fit a dict config": (lambda: fit(_net(), *_data(), {"epochs": 1}), TypeError, "config"),
+    "train a string": (lambda: train_classifier("resnet18", *_data(), TrainConfig()),
+                       TypeError, "model"),
+    "train a tensor as data": (
+        lambda: train_classifier(_net(), torch.zeros(3), None, TrainConfig()), TypeError,
+        "train_set"),
+    "train a dict config": (lambda: train_classifier(_net(), *_data(), {"epochs": 1}),
+                            TypeError, "config"),
     "epochs 2.5": (lambda: TrainConfig(epochs=2.5), ValueError, "epochs"),
     "warm-up too long": (lambda: TrainConfig(epochs=1, warmup_epochs=2), ValueError,
                          "warmup_epochs"),
@@ -260,7 +263,8 @@ LIBRARY_CASES = {
                          "model"),
     "measure a bad shape": (lambda: kdna.bench.measure(_net(), "1x3x8x8"), ValueError,
                             "input_shape"),
-    "export a string": (lambda: kdna.deploy.export_onnx("m", "m.onnx"), TypeError, "model"),
+    "export a string": (lambda: kdna.deploy.export_onnx("m", "m.onnx", torch.zeros(1, 3, 8, 8)),
+                        TypeError, "model"),
     "cka a list": (lambda: kdna.analysis.linear_cka([[1.0]], torch.zeros(2, 2)), TypeError,
                    "x must be a"),
     "routing a string": (lambda: kdna.analysis.capture_routing("m", torch.zeros(1)),
@@ -329,7 +333,7 @@ def test_a_failed_resume_writes_nothing(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(os.urandom(100))
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        fit(_net(), *_data(), _config(tmp_path, "run"), resume=bad)
+        train_classifier(_net(), *_data(), _config(tmp_path, "run"), resume=bad)
     assert not (tmp_path / "run").exists()
 
 
@@ -362,10 +366,10 @@ def test_a_full_or_unwritable_checkpoint_folder_is_found_before_training(tmp_pat
     model = _net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(OSError, match="not writable: No space left"):
-        fit(model, *_data(), _config(tmp_path, "full"))
+        train_classifier(model, *_data(), _config(tmp_path, "full"))
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert list((tmp_path / "full").iterdir()) == []  # the probe is gone too
+    assert list((tmp_path / "full").iterdir()) == []  # the test file is gone too
 
 
 # ---------------------------------------------------------------- data
@@ -436,7 +440,7 @@ class _Signal(Dataset):
 def unbroken(tmp_path_factory):
     path = tmp_path_factory.mktemp("unbroken")
     model = _net()
-    fit(model, *_data(), _config(path, "run"))
+    train_classifier(model, *_data(), _config(path, "run"))
     return model, path / "run" / "last.pt"
 
 
@@ -459,23 +463,23 @@ def test_resume_from_every_position_ends_with_the_unbroken_weights(position, unb
     if "final" in how:
         last = unbroken[1]
     elif "max_steps" in how:
-        fit(_net(), train, val, _config(tmp_path, "run", max_steps=how["max_steps"]))
+        train_classifier(_net(), train, val, _config(tmp_path, "run", max_steps=how["max_steps"]))
     elif "snapshot" in how:
         snap = tmp_path / "snap.pt"
-        fit(_net(), _Signal(train, how["snapshot"], copy=(last, snap)), val,
-            _config(tmp_path, "run"))
+        train_classifier(_net(), _Signal(train, how["snapshot"], copy=(last, snap)), val,
+                         _config(tmp_path, "run"))
         last = snap
     else:
         signum = signal.SIGINT if "train" in how else signal.SIGTERM
         wrapped = (_Signal(train, how["train"], signum), val) if "train" in how else (
             train, _Signal(val, how["val"], signum))
         with pytest.raises(TrainingInterrupted) as info:
-            fit(_net(), *wrapped, _config(tmp_path, "run"))
+            train_classifier(_net(), *wrapped, _config(tmp_path, "run"))
         assert info.value.exit_code == 128 + signum and info.value.checkpoint == last
     state = load_checkpoint(last)
     assert (state["epoch"], state["step_in_epoch"]) == (epoch, step)
     resumed = _net()
-    result = fit(resumed, train, val, _config(tmp_path, "resumed"), resume=last)
+    result = train_classifier(resumed, train, val, _config(tmp_path, "resumed"), resume=last)
     assert _same_weights(resumed, unbroken[0])
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
 
@@ -484,7 +488,7 @@ _TRAIN_FOREVER = textwrap.dedent("""
     import sys, torch
     from torch import nn
     from torch.utils.data import TensorDataset
-    from kdna.train import TrainConfig, fit
+    from kdna.train import TrainConfig, train_classifier
     out = sys.argv[1]
     torch.manual_seed(0)
     x, y = torch.randn(256, 3, 8, 8), torch.randint(0, 2, (256,))
@@ -493,7 +497,8 @@ _TRAIN_FOREVER = textwrap.dedent("""
                          progress=False, tensorboard=False, out_dir=out)
     last = out + "/last.pt"
     import os
-    fit(net, TensorDataset(x, y), None, config, resume=last if os.path.exists(last) else None)
+    train_classifier(net, TensorDataset(x, y), None, config,
+                     resume=last if os.path.exists(last) else None)
 """)
 
 

@@ -95,30 +95,18 @@ def test_check_onnx_catches_a_model_that_differs(tmp_path):
 def test_export_rejects_a_bad_example(tmp_path):
     with pytest.raises(ValueError, match=r"example_inputs must be an input batch \[B, C, H, W\]"):
         export_onnx(TinyNet(), tmp_path / "x.onnx", torch.randn(3, 12, 12))
-    with pytest.raises(ValueError, match="example_inputs must be"):
+    with pytest.raises(TypeError, match="example_inputs"):
         export_onnx(TinyNet(), tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())
 
 
-def test_the_old_order_and_keyword_warn_and_give_the_same_result(tmp_path):
+def test_the_model_comes_first_then_the_path(tmp_path):
     model = randomize(TinyNet()).eval()
     x, path = torch.randn(1, 3, 12, 12), tmp_path / "tiny.onnx"
-    with pytest.warns(DeprecationWarning, match=r"export_onnx\(example=\.\.\.\) is deprecated"):
-        exported = export_onnx(model, path, example=x)
-    expected = export_onnx(model, tmp_path / "again.onnx", example_inputs=x)
-    assert exported.max_abs_error.keys() == expected.max_abs_error.keys() and exported.ok
-    new = check_onnx(model, path, example_inputs=x)
-    with pytest.warns(DeprecationWarning, match="pass the model first"):
-        old = check_onnx(path, model, x)
-    with pytest.warns(DeprecationWarning) as warned:  # the order and the keyword
-        old_str = check_onnx(str(path), model, example=x)
-    assert [str(w.message).split(" is ")[0] for w in warned] == [
-        "check_onnx(path, model, ...)", "check_onnx(example=...)"]
-    with pytest.warns(DeprecationWarning, match=r"check_onnx\(example=\.\.\.\) is deprecated"):
-        keyword = check_onnx(model, path, example=x)
-    assert old.max_abs_error == old_str.max_abs_error == keyword.max_abs_error == new.max_abs_error
-    with pytest.raises(TypeError, match="both example_inputs and example"), \
-            pytest.warns(DeprecationWarning):
-        check_onnx(model, path, x, example=x)
-    with pytest.raises(TypeError, match="unexpected keyword arguments \\['examples'\\]"):
-        check_onnx(model, path, examples=x)
+    exported = export_onnx(model, path, x)
+    checked = check_onnx(model, path, example_inputs=x)
+    assert exported.ok and checked.ok and checked.max_abs_error.keys() == {1, 3}
+    with pytest.raises(TypeError, match="model"):
+        check_onnx(path, model, x)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'example'"):
+        check_onnx(model, path, example=x)

@@ -16,7 +16,7 @@ import kdna
 from kdna.finetune import committed
 from kdna.finetune.methods import METHODS
 from kdna.finetune.results import read_csv
-from kdna.nn import ChannelGate, FrozenBatchNorm2d, KernelChild, freeze_batchnorm
+from kdna.nn import ChannelGate, KernelChild
 from kdna.train.interrupt import TrainingInterrupted
 from kdna.train.schedule import build_optimizer, weight_decay_groups
 
@@ -141,6 +141,9 @@ def test_defaults_come_from_the_committed_table():
         if row["method"] in in_place and row["lr"] is not None:
             means.setdefault(row["method"], []).append(row["test_top1_mean"])
     assert committed.default_method() == max(means, key=lambda m: sum(means[m]) / len(means[m]))
+    gated = {m: v for m, v in means.items()
+             if METHODS[m].settings.get("gate_reduction", 1) is not None}
+    assert committed.default_method(gated=True) == max(gated, key=lambda m: sum(gated[m]))
     for row in rows:
         if row["lr"] is not None:
             assert committed.default_lr(row["method"], row["data"]) == row["lr"]
@@ -170,25 +173,6 @@ def test_weight_decay_falls_on_weights_only():
     with pytest.raises(TypeError, match="needs the module"):
         build_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=0.1,
                         decay_on="weights")
-
-
-def test_frozen_batchnorm_never_moves_and_is_the_formula():
-    model = _tiny()
-    weight = model.bn1.weight
-    keys = list(model.state_dict())
-    freeze_batchnorm(model)
-    assert isinstance(model.bn1, FrozenBatchNorm2d) and model.bn1.weight is weight
-    assert list(model.state_dict()) == keys  # loads into the plain network as it is
-    stats = model.bn1.running_mean.clone()
-    x = torch.randn(8, 16, 5, 5) * 3 + 1
-    out = model.train().bn1(x)
-    assert torch.equal(model.bn1.running_mean, stats) and not model.bn1.training
-    bn = model.bn1
-    formula = ((x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var + bn.eps)
-               [:, None, None] * bn.weight[:, None, None] + bn.bias[:, None, None])
-    torch.testing.assert_close(out, formula)
-    with pytest.raises(ValueError, match="no running statistics"):
-        freeze_batchnorm(nn.Sequential(nn.BatchNorm2d(4, track_running_stats=False)))
 
 
 @pytest.mark.parametrize("batchnorm", ["frozen", "train"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ from kdna.finetune.protocol import Protocol, run_key
 from kdna.finetune.results import (
     RunResult,
     choose_lr,
+    comparison_table,
     csv_rows,
-    markdown_table,
     read_csv,
     summarise,
 )
@@ -144,7 +145,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_reported_on_test():
 def test_tables_show_the_choice_and_round_trip_through_csv(tmp_path):
     runs = [_run(1e-3, 0, 0.9, 0.5), _run(1e-2, 0, 0.8, 0.9), _run(1e-3, 1, 0.1, 0.7)]
     summary = summarise("m", "a method", "things", runs)
-    table = markdown_table([summary], (1e-3, 1e-2))
+    table = comparison_table([summary], (1e-3, 1e-2))
     assert "0.001 (**90.0** / 80.0)" in table and "**60.0 ± 14.1** (2)" in table
     rows = csv_rows([summary], data="digits")
     path = tmp_path / "r.csv"
@@ -326,7 +327,8 @@ def test_the_benchmark_merges_one_methods_rows_into_committed_tables(tmp_path):
     shared = [x for x in text.splitlines() if x.startswith(f"| {label} |")]
     assert len(shared) == 2 and all("**55.0 ± 5.0** (3)" in x for x in shared)
     assert text.count(f"- {label}: fresh note") == 2 and "could not be prepared" not in text
-    assert "**Merged rows.**" in text and "**1.3 minutes**" in text and "**29.7 minutes**" in text
+    committed_minutes = re.search(r"in (\*\*[\d.]+ minutes\*\*)", before_md).group(1)
+    assert "**Merged rows.**" in text and "**1.3 minutes**" in text and committed_minutes in text
     kept = [x for x in before_md.splitlines() if label not in x]
     assert all(x in text.splitlines() for x in kept)  # every other line is still there
     script.merge_tables(fresh, target)

@@ -1,5 +1,5 @@
-"""kdna.analysis.cka (the estimators), kdna.analysis.nulls (the null baselines) and the probe
-images of kdna.data.probe."""
+"""kdna.analysis.cka (the estimators), kdna.analysis.nulls (the null baselines) and the analysis
+images of kdna.data.photos."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_unbiased_hsic_matches_its_definition_in_both_forms(n, p):
 def test_debiased_cka_is_near_zero_for_independent_features_where_plain_is_near_one():
     gen = torch.Generator().manual_seed(0)
     debiased, plain = [], []
-    for _ in range(8):  # n = 48, p = 4096: the regime of a small probe batch
+    for _ in range(8):  # n = 48, p = 4096: the regime of a small batch of images
         x = torch.randn(48, 4096, generator=gen, dtype=torch.float64)
         y = torch.randn(48, 4096, generator=gen, dtype=torch.float64)
         debiased.append(linear_cka(x, y))
@@ -163,17 +163,17 @@ def test_fixed_gates_hold_every_gate_constant_and_come_off():
             pass
 
 
-def test_probe_images_mix_every_source_reproducibly():
-    from kdna.data import probe_images
-    from kdna.data.probe import PHOTOS
+def test_analysis_images_mix_every_source_reproducibly():
+    from kdna.data import analysis_images
+    from kdna.data.photos import PHOTOS
 
-    probe = probe_images(48, size=32, seed=0)
-    assert probe.images.shape == (48, 3, 32, 32)
-    assert 0 <= probe.images.min() and probe.images.max() <= 1
-    assert {"photo", "face", "non-face", "digit"} == set(probe.kinds)
-    assert sum(k == "photo" for k in probe.kinds) == 24 and len(set(probe.sources)) > 20
+    mixed = analysis_images(48, size=32, seed=0)
+    assert mixed.images.shape == (48, 3, 32, 32)
+    assert 0 <= mixed.images.min() and mixed.images.max() <= 1
+    assert {"photo", "face", "non-face", "digit"} == set(mixed.kinds)
+    assert sum(k == "photo" for k in mixed.kinds) == 24 and len(set(mixed.sources)) > 20
     assert len(PHOTOS) >= 20
-    torch.testing.assert_close(probe_images(48, size=32, seed=0).images, probe.images)
+    torch.testing.assert_close(analysis_images(48, size=32, seed=0).images, mixed.images)
 
 
 def test_integrated_gradients_start_from_zeros_or_a_blurred_copy():

@@ -286,7 +286,7 @@ def test_a_saving_that_is_not_a_fraction_is_refused(saving):
 
 # ---- the crops recovery and measurement use --------------------------------------------------
 def test_photo_crops_of_disjoint_photos_are_reproducible_and_in_range():
-    from kdna.data.probe import HELD_OUT_PHOTOS, NATURAL_PHOTOS, RECOVERY_PHOTOS, photo_crops
+    from kdna.data.photos import HELD_OUT_PHOTOS, NATURAL_PHOTOS, RECOVERY_PHOTOS, photo_crops
 
     assert not set(HELD_OUT_PHOTOS) & set(RECOVERY_PHOTOS)
     assert set(HELD_OUT_PHOTOS) | set(RECOVERY_PHOTOS) == set(NATURAL_PHOTOS)

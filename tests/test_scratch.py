@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import kdna
-from kdna.bench.baselines import CondConv2d, DynamicConv2d, ExpertConv2d, ODConv2d
 from kdna.finetune.results import MethodSummary
 from kdna.nn import ChildConv2d
+from kdna.nn.dynamic import CondConv2d, DynamicConv2d, ExpertConv2d, ODConv2d
 from kdna.nn.utils import count_parameters
 from kdna.scratch import (
     ScratchProtocol,

@@ -16,9 +16,9 @@ from kdna.train import (
     NonFiniteLossError,
     TrainConfig,
     evaluate,
-    fit,
     load_checkpoint,
     save_checkpoint,
+    train_classifier,
 )
 
 
@@ -51,13 +51,13 @@ def _same_weights(a, b):
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
     train, val = _data()
     whole = _net()
-    fit(whole, train, val, _config(tmp_path, "whole"))
+    train_classifier(whole, train, val, _config(tmp_path, "whole"))
     interrupted = _net()
-    first = fit(interrupted, train, val, _config(tmp_path, "parts", max_steps=stop))
+    first = train_classifier(interrupted, train, val, _config(tmp_path, "parts", max_steps=stop))
     assert first.steps == stop
     resumed = _net()
-    result = fit(resumed, train, val, _config(tmp_path, "parts"),
-                 resume=tmp_path / "parts" / "last.pt")
+    result = train_classifier(resumed, train, val, _config(tmp_path, "parts"),
+                              resume=tmp_path / "parts" / "last.pt")
     assert result.steps == 18 and _same_weights(whole, resumed)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
 
@@ -65,8 +65,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, stop):
 def test_training_learns_and_logs_csv_and_checkpoints(tmp_path):
     train, val = _data(512)
     model = _net()
-    result = fit(model, train, val, _config(tmp_path, "run", epochs=4, tensorboard=True),
-                 device="cpu")
+    result = train_classifier(model, train, val,
+                              _config(tmp_path, "run", epochs=4, tensorboard=True), device="cpu")
     assert result.history[-1]["val_top1"] > 0.6 and result.best_top1 >= 0.6  # fractions
     assert all(0 <= r[k] <= 1 for r in result.history for k in ("train_top1", "val_top1",
                                                                    "val_top5"))
@@ -84,7 +84,7 @@ def test_training_learns_and_logs_csv_and_checkpoints(tmp_path):
 def test_warmup_then_cosine_schedule(tmp_path):
     train, _ = _data()
     model = _net()
-    result = fit(model, train, None, _config(tmp_path, "s", epochs=4, warmup_epochs=1))
+    result = train_classifier(model, train, None, _config(tmp_path, "s", epochs=4, warmup_epochs=1))
     lrs = [r["lr"] for r in result.history]
     assert lrs[0] == pytest.approx(0.05) and lrs[1] > lrs[2] > lrs[3]
 
@@ -92,12 +92,12 @@ def test_warmup_then_cosine_schedule(tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_are_refused_and_left_alone(tmp_path):
     train, val = _data()
-    fit(_net(), train, val, _config(tmp_path, "ok", epochs=1))
+    train_classifier(_net(), train, val, _config(tmp_path, "ok", epochs=1))
     good = (tmp_path / "ok" / "last.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        fit(_net(), train, val, _config(tmp_path, "t"), resume=truncated)
+        train_classifier(_net(), train, val, _config(tmp_path, "t"), resume=truncated)
     assert truncated.read_bytes() == good[: len(good) // 2]
     assert not (tmp_path / "t").exists()  # nothing was written
 
@@ -130,12 +130,12 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path):
     train, val = _data()
     model = _net()
-    fit(model, train, val, _config(tmp_path, "n", epochs=1))
+    train_classifier(model, train, val, _config(tmp_path, "n", epochs=1))
     before = (tmp_path / "n" / "last.pt").read_bytes()
     with torch.no_grad():
         model[-1].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 1.*intact"):
-        fit(model, train, val, _config(tmp_path, "n", epochs=2))
+        train_classifier(model, train, val, _config(tmp_path, "n", epochs=2))
     assert (tmp_path / "n" / "last.pt").read_bytes() == before
 
 
@@ -150,7 +150,7 @@ def test_bad_configs_are_clear_errors(tmp_path):
         TrainConfig(warmup_epochs=-1)
     train, val = _data(32)
     with pytest.raises(ValueError, match=r"smaller than one batch \(64\)"):
-        fit(_net(), train, val, _config(tmp_path, "b", batch_size=64))
+        train_classifier(_net(), train, val, _config(tmp_path, "b", batch_size=64))
 
 
 def _ddp_worker(rank, world, tmp, results):
@@ -161,9 +161,9 @@ def _ddp_worker(rank, world, tmp, results):
     try:
         train, val = _data(512)
         model = _net()
-        fit(model, train, val, TrainConfig(epochs=2, batch_size=16, lr=0.05, progress=False,
-                                           tensorboard=False, out_dir=f"{tmp}/ddp"),
-            device="cpu")
+        train_classifier(model, train, val,
+                         TrainConfig(epochs=2, batch_size=16, lr=0.05, progress=False,
+                                     tensorboard=False, out_dir=f"{tmp}/ddp"), device="cpu")
         torch.save(model.state_dict(), f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -179,7 +179,7 @@ def test_ddp_on_two_cpu_processes_ends_with_identical_weights(tmp_path):
 
 def test_start_epoch_skips_ahead_in_the_schedule(tmp_path):
     train, _ = _data()
-    result = fit(_net(), train, None, _config(tmp_path, "se", epochs=4, start_epoch=3))
+    result = train_classifier(_net(), train, None, _config(tmp_path, "se", epochs=4, start_epoch=3))
     assert [r["epoch"] for r in result.history] == [4] and result.steps == 6
     assert result.history[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine's last epoch
 
@@ -193,7 +193,8 @@ def _evaluate_worker(rank, world, tmp, sizes):
         _, val = _data(sizes[0] * 4)
         tiny = TensorDataset(val.tensors[0][:1], val.tensors[1][:1])
         model = _net()
-        wrapped = nn.parallel.DistributedDataParallel(_net())  # fit evaluates its DDP model
+        # train_classifier evaluates its DDP-wrapped model
+        wrapped = nn.parallel.DistributedDataParallel(_net())
         found = {"plain": evaluate(model, val, batch_size=16, progress=False),
                  "ddp": evaluate(wrapped, val, batch_size=16, progress=False),
                  "tiny": evaluate(model, tiny, batch_size=16, progress=False)}  # rank 1: none

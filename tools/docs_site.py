@@ -45,7 +45,7 @@ PLOTLY = "application/vnd.plotly.v1+json"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 API = {  # page -> (title, modules documented on it)
     "kdna": ("kdna: the names most people need", ["kdna"]),
-    "nn": ("kdna.nn: the method", ["kdna.nn"]),
+    "nn": ("kdna.nn: the method", ["kdna.nn", "kdna.nn.dynamic"]),
     "conversion": ("kdna.conversion: pretrained networks", ["kdna.conversion"]),
     "models": ("kdna.models", ["kdna.models"]),
     "train": ("kdna.train", ["kdna.train"]),

@@ -30,13 +30,12 @@ from kdna.analysis.hooks import resolve_layers
 from kdna.analysis.routing import Routing, routing_statistics
 from kdna.analysis.similarity import Similarity, kernel_cosine_matrix, kernel_similarity
 from kdna.nn.conv import KernelChild
+from kdna.nn.norm import BATCH_NORMS
 from kdna.nn.utils import children_of, device_of
 
 __all__ = ["PermutationTest", "block_permutation_test", "fixed_gates", "label_permutation_test",
            "random_kernel_similarity", "random_weights"]
 
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -75,7 +74,7 @@ def random_weights(model: nn.Module, inputs: Tensor | Iterable[Tensor] | None = 
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     if inputs is not None:
-        norms = [m for m in clone.modules() if isinstance(m, _NORMS)]
+        norms = [m for m in clone.modules() if isinstance(m, BATCH_NORMS)]
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()

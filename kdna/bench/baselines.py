@@ -1,14 +1,8 @@
-"""The other dynamic convolutions, CondConv, DY-Conv and ODConv, as drop-ins for ``nn.Conv2d``,
-and the networks built from them.
+"""Networks built from the other dynamic convolutions, to measure beside KernelDNA.
 
-They are here to be measured beside KernelDNA through one harness (:mod:`kdna.bench`).
-:class:`CondConv2d` and :class:`DynamicConv2d` mix K expert kernels per sample
-(:mod:`kdna.bench.experts`, which also holds their shared base :class:`ExpertConv2d` and says
-why each sample needs its own kernel); :class:`ODConv2d` adds attention over the kernel's
-taps, input channels and filters (:mod:`kdna.bench.odconv`). All three are re-exported here.
-
-:func:`dynamic_network` swaps a model's convolutions for one of these; :data:`BASELINES`
-names the usual variants and :func:`build_baseline` builds them on torchvision networks.
+The layers themselves (CondConv, DY-Conv, ODConv) are in :mod:`kdna.nn.dynamic`.
+:func:`dynamic_network` swaps a model's convolutions for one of them; :data:`BASELINES` names
+the usual variants and :func:`build_baseline` builds them on torchvision networks.
 """
 
 from __future__ import annotations
@@ -19,13 +13,11 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from kdna.bench.experts import CondConv2d, DynamicConv2d, ExpertConv2d
-from kdna.bench.odconv import ODAttention, ODConv2d
-from kdna.conversion.plan import select_layers
+from kdna.conversion.layers import select_layers
+from kdna.nn.dynamic import CondConv2d, DynamicConv2d, ExpertConv2d, ODConv2d
 from kdna.nn.utils import replace_module
 
-__all__ = ["ARCHS", "BASELINES", "CondConv2d", "DynamicConv2d", "ExpertConv2d", "ODAttention",
-           "ODConv2d", "build_baseline", "dynamic_network"]
+__all__ = ["ARCHS", "BASELINES", "build_baseline", "dynamic_network"]
 
 
 # name: (module, options). The count after "x" is the number of kernels per layer.

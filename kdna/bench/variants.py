@@ -12,7 +12,7 @@
 Weights are random: speed does not depend on them. :func:`run_comparison` measures them all
 with :func:`kdna.bench.compare`; for inference each network is first put in its deployment
 form (:func:`kdna.deploy.deploy`: BatchNorms folded wherever the method allows), so the
-static network gets the same treatment as KernelDNA. :func:`markdown_table` and
+static network gets the same treatment as KernelDNA. :func:`speed_table` and
 :func:`write_csv` write the results with throughput ratios to ``static``.
 """
 
@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from kdna._tables import markdown_table
 from kdna.bench.baselines import ARCHS as BASELINE_ARCHS
 from kdna.bench.baselines import BASELINES, build_baseline
 from kdna.bench.harness import Measurement, Options, compare, ratios
@@ -33,7 +34,7 @@ from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
 from kdna.models import create_model
 
-__all__ = ["VARIANTS", "comparison_models", "markdown_table", "run_comparison", "write_csv"]
+__all__ = ["VARIANTS", "comparison_models", "run_comparison", "speed_table", "write_csv"]
 
 VARIANTS = ("static", "kdna", "paper", *BASELINES)
 _STATIC = {  # the plain torchvision network of each architecture
@@ -89,18 +90,15 @@ def _relative(results: Sequence[Measurement], baseline: str) -> dict[str, float]
     return ratios(list(results), baseline) if any(r.name == baseline for r in results) else {}
 
 
-def markdown_table(results: Sequence[Measurement], baseline: str = "static") -> str:
+def speed_table(results: Sequence[Measurement], baseline: str = "static") -> str:
     """A Markdown table: size, latency (median and quartiles), throughput and its ratio."""
     relative = _relative(results, baseline)
-    lines = [f"| model | params (M) | MACs (G) | latency ms (p25-p75) | img/s | x {baseline} "
-             "| peak MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        ratio = f"{relative[r.name]:.2f}" if r.name in relative else "-"
-        lines.append(
-            f"| {r.name} | {r.params / 1e6:.2f} | {r.macs / 1e9:.3f} | {r.latency_ms:.1f} "
-            f"({r.latency_p25_ms:.1f}-{r.latency_p75_ms:.1f}) | {r.throughput:.1f} | {ratio} "
-            f"| {r.peak_memory_mb:.0f} |")
-    return "\n".join(lines)
+    rows = [[r.name, f"{r.params / 1e6:.2f}", f"{r.macs / 1e9:.3f}",
+             f"{r.latency_ms:.1f} ({r.latency_p25_ms:.1f}-{r.latency_p75_ms:.1f})",
+             f"{r.throughput:.1f}", f"{relative[r.name]:.2f}" if r.name in relative else "-",
+             f"{r.peak_memory_mb:.0f}"] for r in results]
+    return markdown_table(["model", "params (M)", "MACs (G)", "latency ms (p25-p75)", "img/s",
+                           f"x {baseline}", "peak MiB"], rows, "lrrrrrr")
 
 
 def write_csv(path: str | Path, results: Sequence[Measurement], *, baseline: str = "static",

@@ -4,7 +4,8 @@
    in the ``train/`` + ``test/`` layout of downloaded data sets
    (:func:`kdna.data.write_example_folder`, under the cache root, reused once written).
 2. ``kdna finetune`` fine-tunes the pretrained EfficientNet-Lite0 on that folder with the
-   default method (the best KernelDNA in-place method of the committed benchmark), beside
+   best *gated* KernelDNA in-place method of the committed benchmark
+   (``default_method(gated=True)``: the demo shows routing, which needs gates), beside
    norms + head at the same budget (``--baseline norms_head``): the report says what the
    adapters add on this data.
 3. ``kdna predict`` names the class of held-out test images, one per class, from the saved
@@ -36,6 +37,7 @@ from kdna.cli.flags import add_flag
 from kdna.data import load_data, write_example_folder
 from kdna.data.cache import cache_root
 from kdna.finetune import load_task
+from kdna.finetune.committed import default_method
 from kdna.nn.conv import KernelChild
 
 __all__ = ["BASELINE", "DEMO_ARGS", "configure", "demo_commands", "run_demo"]
@@ -50,7 +52,8 @@ DEMO_ARGS = ("--arch", "efficientnet_lite0", "--image-size", "32", "--no-flip",
 def demo_commands(folder: Path, out: Path, steps: int | None, image_size: int | None
                   ) -> tuple[list[str], list[str]]:
     """The ``kdna finetune`` and ``kdna predict`` argument lists the demo runs."""
-    args = ["finetune", "--data", str(folder), *DEMO_ARGS, "--out", str(out)]
+    args = ["finetune", "--data", str(folder), *DEMO_ARGS, "--method",
+            default_method(gated=True), "--out", str(out)]
     if image_size is not None:
         args[args.index("--image-size") + 1] = str(image_size)
     if steps is not None:

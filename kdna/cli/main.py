@@ -1,11 +1,12 @@
 """``kdna train / eval / metrics / demo``: the reference code's command line, done right.
 
-The reference flags work as before (``--data --ckpt_dir --log_dir --arch --customize
---pretrained --epochs --warmup-epochs --start-epoch -b --lr --momentum --wd --eta-min -j
---seed --resume -e --dummy`` and the distributed ones), each in its hyphen and underscore
-spelling. New: ``--convert`` (convert a pretrained model with :func:`kdna.convert`),
-``--adapters-only`` (train only what KernelDNA added, norms and head), ``--image-size``,
-``--optimizer``, ``--label-smoothing``, ``--max-steps``, ``--limit``. Everything is written
+The reference code's flags mean what they mean there (``--data --ckpt_dir --log_dir --arch
+--customize --pretrained --epochs --warmup-epochs --start-epoch -b --lr --momentum --wd
+--eta-min -j --seed --resume -e --dummy`` and the distributed ones), each in its hyphen and
+underscore spelling, so its commands run unchanged. Beyond them: ``--convert`` (convert a
+pretrained model with :func:`kdna.convert`), ``--adapters-only`` (train only what KernelDNA
+added, norms and head), ``--image-size``, ``--optimizer``, ``--label-smoothing``,
+``--max-steps``, ``--limit``. Everything is written
 under ``./runs/`` unless told otherwise. ``kdna metrics`` lives in :mod:`kdna.cli.metrics`;
 ``kdna check-data PATH`` lists the unreadable images of a folder.
 
@@ -38,7 +39,7 @@ from kdna.cli.validate import (
 )
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import convert
-from kdna.conversion.freeze import adapter_only
+from kdna.conversion.trainable import adapter_only
 from kdna.data import load_data
 from kdna.data.imagefiles import scan_images
 from kdna.models import create_model, pretrained_config
@@ -47,7 +48,7 @@ from kdna.nn.utils import count_parameters
 from kdna.train import distributed
 from kdna.train.checkpoint import load_checkpoint
 from kdna.train.evaluate import evaluate
-from kdna.train.loop import TrainConfig, fit
+from kdna.train.loop import TrainConfig, train_classifier
 
 __all__ = ["build_model", "main", "parser"]
 
@@ -104,11 +105,12 @@ def build_model(arch: str, *, num_classes: int, customize: bool = False,
     if do_convert:
         # adapters in place keep the function; sharing changes it, and its layout is kept so
         # that a resumed or evaluated run rebuilds the same network
-        probe = torch.zeros(2, 3, image_size, image_size)
+        example_inputs = torch.zeros(2, 3, image_size, image_size)
         if not share:
-            convert(model, ConvertConfig.adapters(), example_inputs=probe)
+            convert(model, ConvertConfig.adapters(), example_inputs=example_inputs)
         elif layout is None:
-            layout = convert(model, ConvertConfig.pretrained(), example_inputs=probe).layout
+            layout = convert(model, ConvertConfig.pretrained(),
+                             example_inputs=example_inputs).layout
         else:
             convert(model, ConvertConfig.pretrained(), groups=layout)
     meta = {"arch": arch, "customize": customize, "convert": do_convert, "share": share,
@@ -176,8 +178,8 @@ def _train(args: argparse.Namespace, ctx: distributed.Context) -> dict:
         workers=args.workers, seed=args.seed, max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every, start_epoch=args.start_epoch,
         out_dir=args.ckpt_dir, log_dir=args.log_dir, progress=not args.no_progress)
-    result = fit(model, data.train, data.val, config, device=ctx.device, resume=args.resume,
-                 meta=meta)
+    result = train_classifier(model, data.train, data.val, config, device=ctx.device,
+                              resume=args.resume, meta=meta)
     summary = {"best_top1": result.best_top1, "steps": result.steps,  # accuracies: fractions
                "seconds": round(result.seconds, 1), "parameters": count_parameters(model),
                "last_checkpoint": str(result.last_checkpoint)}

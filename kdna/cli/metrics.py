@@ -1,9 +1,9 @@
 """``kdna metrics``: parameters, MACs, latency and throughput, with the reference flags.
 
-The reference code's flags work as before: ``--params`` (size and MACs), ``--latency``
+The reference code's flags mean what they mean there: ``--params`` (size and MACs), ``--latency``
 (timing), ``--gpu``, ``--iter``, ``-b/--batch-size``, ``--arch``, ``--customize`` (the
 KernelDNA layout of ``--arch``) and ``--num-threads``. Unlike the reference it runs without a
-GPU, and every number comes with the device that produced it. New:
+GPU, and every number comes with the device that produced it. Beyond the reference:
 
 * ``--compare``: the static network, the KernelDNA converted network, the paper layout and
   the other dynamic convolutions (CondConv, DY-Conv, ODConv), measured in one run, as a
@@ -20,7 +20,7 @@ import json
 import torch
 
 from kdna.bench.harness import Options, compare, count_macs
-from kdna.bench.variants import VARIANTS, comparison_models, markdown_table, write_csv
+from kdna.bench.variants import VARIANTS, comparison_models, speed_table, write_csv
 from kdna.nn.utils import count_parameters, device_description
 
 __all__ = ["configure", "run"]
@@ -82,4 +82,4 @@ def run(args: argparse.Namespace) -> str:
               f"{kind}, {args.dtype}{', channels-last' if args.channels_last else ''}"
               f"{', compiled' if args.compile else ''} on "
               f"{device_description(options.device)}")
-    return header + "\n\n" + markdown_table(results, baseline=results[0].name)
+    return header + "\n\n" + speed_table(results, baseline=results[0].name)

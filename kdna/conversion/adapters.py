@@ -3,16 +3,17 @@
 peft users keep an adapter as a small file they save, share and load onto the base network;
 :func:`save_adapters` and :func:`load_adapters` do that for kdna. A model converted by
 :func:`kdna.convert` (typically with :meth:`ConvertConfig.adapters`, adapters in place) keeps a
-record of its base (:mod:`kdna.conversion.base`): a digest of every tensor before conversion
+record of its base (:mod:`kdna.conversion.record`): a digest of every tensor before conversion
 and the plan carried out. :func:`save_adapters` writes into a folder
 
 * ``kdna_adapters.safetensors``: every child's adapter (static scales, own bias, gate), every
   trainable parameter outside the children (after :func:`kdna.adapter_only`: the norms and
   the head) and every other tensor whose value is no longer the base's (running statistics,
   a kernel that was trained after all);
-* ``kdna_adapters.json``: the conversion plan, the base's class and per-tensor digests with
-  one fingerprint over the tensors the file does not replace, and the sha256 of the
-  safetensors file (so a torn or edited pair is refused).
+* ``kdna_adapters.json``: the conversion plan (every layer's settings,
+  :meth:`ConversionPlan.to_json <kdna.conversion.plan.ConversionPlan.to_json>`), the base's
+  class and per-tensor digests with one fingerprint over the tensors the file does not
+  replace, and the sha256 of the safetensors file (so a torn or edited pair is refused).
 
 Each file is written to a temporary name and renamed into place, the JSON last.
 :func:`load_adapters` checks the base first (same tensor names, same weights wherever the
@@ -22,7 +23,6 @@ match is refused with a ``ValueError`` that says which tensors differ, before it
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,17 +33,17 @@ from torch import Tensor, nn
 
 from kdna._checks import path_arg
 from kdna._extras import require
-from kdna._files import write_atomically
-from kdna.conversion.base import conversion_record, fingerprint, state_digests, tensor_digest
-from kdna.conversion.config import ConvertConfig
+from kdna._files import read_record, write_atomically
 from kdna.conversion.convert import apply_plan
-from kdna.conversion.plan import ConversionPlan, check_not_converted
+from kdna.conversion.layers import check_not_converted
+from kdna.conversion.plan import ConversionPlan
+from kdna.conversion.record import conversion_record, fingerprint, state_digests, tensor_digest
 from kdna.nn.conv import KernelChild
 
 __all__ = ["CONFIG_FILE", "FORMAT", "TENSORS_FILE", "adapter_state", "load_adapters",
            "save_adapters"]
 
-FORMAT, VERSION = "kdna-adapters", 1
+FORMAT, VERSION = "kdna-adapters", 2
 TENSORS_FILE, CONFIG_FILE = "kdna_adapters.safetensors", "kdna_adapters.json"
 _SKIP = ""  # a shared parent seen through one of its children: saved under its own name
 
@@ -94,13 +94,6 @@ def adapter_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str | 
     return tensors, replaces
 
 
-def _plan_json(plan: ConversionPlan) -> dict:
-    config = {f.name: getattr(plan.config, f.name) for f in dataclasses.fields(plan.config)}
-    if isinstance(config["groups"], dict):
-        config["groups"] = {k: list(v) for k, v in config["groups"].items()}
-    return {"config": config, "layout": plan.layout, "own": list(plan.own)}
-
-
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model``'s adapters, and what else differs from its base, into the folder ``path``.
 
@@ -126,7 +119,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
         "format": FORMAT, "version": VERSION,
         "base": {"class": record.base_class, "tensors": record.digests,
                  "fingerprint": fingerprint(record.digests, replaced)},
-        "plan": _plan_json(record.plan),
+        "plan": record.plan.to_json(),
         "replaces": replaces,
         "tensors": {"file": TENSORS_FILE, "sha256": hashlib.sha256(blob).hexdigest(),
                     "count": len(tensors), "numel": sum(t.numel() for t in tensors.values())},
@@ -145,15 +138,9 @@ def _read(folder: Path) -> tuple[dict, bytes]:
         if not file.is_file():
             raise FileNotFoundError(f"no adapter file {file}: expected a folder written by "
                                     f"kdna.save_adapters, with {CONFIG_FILE} and {TENSORS_FILE}")
-    try:
-        meta = json.loads(config.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{config} is not a kdna adapter file (format {FORMAT!r} expected)")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{config} has adapter format version {meta.get('version')!r}; this "
-                         f"kdna reads version {VERSION}")
+    meta = read_record(config, FORMAT, VERSION, "adapter", older=(
+        " (version 1 files, whose plan held groups but not each layer's settings, are not "
+        "read: convert and save the adapters again)"))
     blob = tensors.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta["tensors"]["sha256"]:
         raise ValueError(f"{tensors} does not match {config} (its sha256 differs): the pair was "
@@ -216,10 +203,7 @@ def load_adapters(base: nn.Module, path: str | os.PathLike) -> nn.Module:
     check_not_converted(base)
     tensors = safetensors.load(blob)
     _check_base(base, meta, tensors, folder)
-    plan = meta["plan"]
-    config = ConvertConfig(**plan["config"])
-    apply_plan(base, ConversionPlan(config, {p: list(c) for p, c in plan["layout"].items()},
-                                    own=list(plan["own"])))
+    apply_plan(base, ConversionPlan.from_json(meta["plan"]))
     result = base.load_state_dict(_with_metadata(tensors, base), strict=False)
     if result.unexpected_keys:  # the plan was applied, so every saved name exists
         raise ValueError(f"{folder} holds tensors this model lacks: {result.unexpected_keys[:3]}")

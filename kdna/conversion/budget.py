@@ -1,9 +1,9 @@
 """Sharing guided by measured damage: reach a parameter saving by sharing what hurts least.
 
-The automatic rule (:func:`kdna.conversion.plan.plan_conversion`) shares every group it finds,
+The automatic rule (:func:`kdna.conversion.rules.plan_conversion`) shares every group it finds,
 and on a pretrained network some layers cost far more of its function than others.
 :func:`plan_by_damage` measures each candidate child alone: it shares that one layer with its
-group's parent in a copy of the model and records how far the outputs on a probe batch move
+group's parent in a copy of the model and records how far the outputs on ``example_inputs`` move
 (KL divergence from the original's, top-1 agreement) and how many parameters it saves. Then it
 takes children in order of damage per parameter saved, the least first, until the saving asked
 for is reached, and returns the plan that shares them (each with its group's parent), ready for
@@ -14,7 +14,7 @@ Children that are harmless one at a time can still break the network together (o
 from the training distribution, e.g. small images, a pretrained classifier's outputs are
 nearly the same for every input, its softmax nearly uniform, and a KL divergence from them
 stays small even for a child that makes every output identical). So each child is also
-measured by how much of the outputs' *spread* over the probe batch it keeps (every output
+measured by how much of the outputs' *spread* over the batch it keeps (every output
 minus the batch mean, its norm relative to the original's: 1 unchanged in size, 0 when every
 input gives the same output), and the plan is built one child at a time on the combined
 network: a child whose addition leaves less than ``min_spread`` of the original spread is
@@ -32,10 +32,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdna._checks import module_arg, tensor_arg
+from kdna._tables import markdown_table
 from kdna.conversion.config import ConvertConfig, resolve_config
 from kdna.conversion.convert import apply_plan
-from kdna.conversion.plan import ConversionPlan, plan_conversion
+from kdna.conversion.plan import ConversionPlan
 from kdna.conversion.report import Agreement, ConversionReport, agreement
+from kdna.conversion.rules import decide_plan
 from kdna.nn.utils import count_parameters, eval_mode
 
 __all__ = ["DamagePlan", "LayerDamage", "least_damaging", "plan_by_damage"]
@@ -44,7 +46,7 @@ __all__ = ["DamagePlan", "LayerDamage", "least_damaging", "plan_by_damage"]
 @dataclass(frozen=True)
 class LayerDamage:
     """One layer shared with its group's parent, alone: what it saves and what it costs on
-    the probe batch (``children`` holds that one layer)."""
+    ``example_inputs`` (``children`` holds that one layer)."""
 
     parent: str
     children: tuple[str, ...]
@@ -81,7 +83,7 @@ class DamagePlan:
                              f"plan_by_damage with it")
         usable = [g for g in self.measured if g not in self.refused]
         chosen = least_damaging(usable, saving * self.params_before)
-        return dataclasses.replace(self.plan, layout=_layout(chosen))
+        return self.plan.with_layout(_layout(chosen))
 
     @property
     def saving(self) -> float:
@@ -94,16 +96,15 @@ class DamagePlan:
         lines = [f"sharing by measured damage: {len(self.chosen)} of {len(self.measured)} "
                  f"candidate children, saving {self.saving:.1%} (asked for {self.target:.1%}); "
                  f"{len(self.refused)} refused: with the children before them they kept less "
-                 f"than {self.min_spread:.0%} of the outputs' spread over the batch",
-                 "", "| child | parent | params saved | KL alone | top-1 alone | spread kept "
-                 "alone | chosen |", "|---|---|---|---|---|---|---|"]
+                 f"than {self.min_spread:.0%} of the outputs' spread over the batch", ""]
         chosen = {g.children for g in self.chosen}
         refused = {g.children for g in self.refused}
-        for g in self.measured:
-            mark = "yes" if g.children in chosen else "refused" if g.children in refused else ""
-            lines.append(f"| {', '.join(g.children)} | {g.parent} | {g.params_saved:,} | "
-                         f"{g.agreement.kl:.3f} | {g.agreement.top1:.0%} | "
-                         f"{g.spread_kept:.0%} | {mark} |")
+        rows = [[", ".join(g.children), g.parent, f"{g.params_saved:,}", f"{g.agreement.kl:.3f}",
+                 f"{g.agreement.top1:.0%}", f"{g.spread_kept:.0%}",
+                 "yes" if g.children in chosen else "refused" if g.children in refused else ""]
+                for g in self.measured]
+        lines.append(markdown_table(["child", "parent", "params saved", "KL alone",
+                                     "top-1 alone", "spread kept alone", "chosen"], rows))
         return "\n".join(lines)
 
 
@@ -139,8 +140,8 @@ def plan_by_damage(model: nn.Module, saving: float, example_inputs: Tensor,
     if not config.share:
         raise ValueError("plan_by_damage chooses groups to share; share=False (adapters in "
                          "place) shares nothing")
-    full = plan_conversion(model, config, example_inputs=example_inputs)
-    original = _checked_output(full.probe_output, example_inputs)
+    full = decide_plan(model, config, example_inputs)
+    original = _checked_output(full.original_output, example_inputs)
     units = [(parent, child) for parent, children in full.layout.items() for child in children]
     measured = [_damage(model, full, parent, [child], original)
                 for parent, child in tqdm(units, desc="damage per child", disable=not progress,
@@ -155,7 +156,7 @@ def plan_by_damage(model: nn.Module, saving: float, example_inputs: Tensor,
                          f"outputs' spread over example_inputs (at most "
                          f"{max(g.spread_kept for g in refused):.1%}); measure on inputs the "
                          f"network was made for, or lower min_spread")
-    plan = dataclasses.replace(full, layout=_layout(chosen), skipped=[])
+    plan = full.with_layout(_layout(chosen))
     return DamagePlan(plan, measured, chosen, params_before, float(saving), refused,
                       float(min_spread))
 
@@ -181,7 +182,7 @@ def _spread(outputs: Tensor) -> float:
 
 
 def _checked_output(output: object, example_inputs: Tensor) -> Tensor:
-    """The original network's output on the probe batch, refused where it cannot show
+    """The original network's output on ``example_inputs``, refused where it cannot show
     damage (not a tensor, or the same for every input)."""
     if not isinstance(output, Tensor):
         raise TypeError(f"plan_by_damage compares the network's outputs, which must be a "
@@ -228,11 +229,11 @@ def _layout(chosen: list[LayerDamage]) -> dict[str, list[str]]:
 
 def _shared_output(model: nn.Module, full: ConversionPlan, layout: dict[str, list[str]]
                    ) -> tuple[ConversionReport, Tensor]:
-    """A copy of ``model`` sharing ``layout``: its report and its output on the probe
-    batch (eval mode, no gradients). ``model`` is not changed."""
+    """A copy of ``model`` sharing ``layout``: its report and its output on
+    ``example_inputs`` (eval mode, no gradients). ``model`` is not changed."""
     trial = copy.deepcopy(model)
-    plan = dataclasses.replace(full, layout=layout, skipped=[], example_inputs=None,
-                               probe_output=None)
+    plan = dataclasses.replace(full.with_layout(layout), example_inputs=None,
+                               original_output=None)
     with torch.no_grad():
         report = apply_plan(trial, plan)
         with eval_mode(trial):

@@ -20,13 +20,11 @@ scales are fitted to the kernels they replace. Three presets name the settings k
 Each preset takes overrides (``ConvertConfig.pretrained(fit_scales=False)``), and any config
 gives a changed copy with :meth:`ConvertConfig.with_overrides`; both go through
 :func:`dataclasses.replace`, so every value is checked again. :func:`resolve_config` is what
-:func:`kdna.convert` uses to turn ``(config, **overrides)`` into one config, renaming the
-keywords of the previous release (``parent`` and ``fit``) with a ``DeprecationWarning``.
+:func:`kdna.convert` uses to turn ``(config, **overrides)`` into one config.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,8 +41,6 @@ ParentInit = Literal["member", "mean", "lsq"]
 Groups = Mapping[str, Sequence[str]] | Sequence[Sequence[str]]
 PARENT_RULES: tuple[str, ...] = ("most_similar", "first", "last")
 GATE_FORMS: tuple[str, ...] = ("identity", "paper")
-# keywords of the previous release -> their ConvertConfig field (accepted until 0.2)
-DEPRECATED = {"parent": "parent_rule", "fit": "fit_scales"}
 
 
 def _names(label: str, value: object) -> tuple[str, ...] | None:
@@ -119,7 +115,7 @@ class ConvertConfig:
     # Linear that runs per position, except those that see one position: heads and
     # squeeze-excitation) becomes a child of its own frozen kernel, with its scales at zero
     # (fit_scales and parent_rule do not apply) and the function exactly the original's.
-    # Depthwise convolutions get static scales only (see kdna.conversion.plan).
+    # Depthwise convolutions get static scales only (see kdna.conversion.rules).
     share: bool = True
     # A cap on each gate's hidden width (the reduction ratio is raised where C / r would
     # exceed it); None: no cap.
@@ -206,30 +202,13 @@ class ConvertConfig:
 
 
 def resolve_config(config: ConvertConfig | None, overrides: Mapping[str, Any], *,
-                   caller: str = "convert", stacklevel: int = 2) -> ConvertConfig:
-    """``config`` (default: :meth:`ConvertConfig.pretrained`) with ``overrides`` applied.
-
-    The previous release's keywords ``parent`` and ``fit`` are renamed to ``parent_rule`` and
-    ``fit_scales`` with a ``DeprecationWarning`` attributed ``stacklevel`` frames above the
-    function that calls this one (2: the caller of ``caller``).
-    """
+                   caller: str = "convert") -> ConvertConfig:
+    """``config`` (default: :meth:`ConvertConfig.pretrained`) with ``overrides`` applied; a
+    ``TypeError`` that names ``caller`` for a config that is not a :class:`ConvertConfig`."""
     if config is None:
         config = ConvertConfig.pretrained()
     elif not isinstance(config, ConvertConfig):
         raise TypeError(f"config must be a kdna.ConvertConfig or None, got "
                         f"{type(config).__name__} ({config!r}); pass settings by keyword, "
                         f"e.g. {caller}(model, groups=...)")
-    overrides = dict(overrides)
-    for old, new in DEPRECATED.items():
-        if old not in overrides:
-            continue
-        if new in overrides:
-            raise TypeError(f"{caller}() got both {old}= and {new}=; {old}= is the deprecated "
-                            f"name of {new}=, give only {new}=")
-        warnings.warn(f"{caller}(..., {old}=) is deprecated and will be removed in kdna 0.2; "
-                      f"use {new}= instead", DeprecationWarning, stacklevel=stacklevel + 1)
-        value = overrides.pop(old)
-        if old == "parent":  # name the keyword the caller used
-            one_of("parent", value, PARENT_RULES)
-        overrides[new] = value
     return config.with_overrides(**overrides)

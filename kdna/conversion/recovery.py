@@ -137,14 +137,14 @@ def distill(student: nn.Module, teacher: nn.Module, images: Tensor, *,
              else recovery_blocks(student, parents=train == "blocks"))
     parts = _resolve(student, teacher, names)
     trained = _trained(parts, train)
-    probe = images if held_out is None else held_out
+    measured_on = images if held_out is None else held_out
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     with _frozen_except(student, trained) as params, eval_mode(student), eval_mode(teacher):
-        reference = _outputs(teacher, probe, batch_size)
+        reference = _outputs(teacher, measured_on, batch_size)
 
         def measure() -> Agreement:
-            return agreement(reference, _outputs(student, probe, batch_size))
+            return agreement(reference, _outputs(student, measured_on, batch_size))
 
         before = measure()
         block_losses = _block_stage(parts, teacher, images, params, block_steps, lr,

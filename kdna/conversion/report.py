@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from kdna._tables import markdown_table
+
 __all__ = ["Agreement", "ChildFit", "ConversionReport", "LayerAdapter", "SharedGroup",
            "agreement"]
 
@@ -136,13 +138,11 @@ class ConversionReport:
         if self.adapters:
             lines += self._adapter_lines()
         if self.groups:
-            lines += ["", "| parent | kernel | children | mean fit error | params saved |",
-                      "|---|---|---|---|---|"]
-        for g in self.groups:
-            names = ", ".join(c.name for c in g.children)
-            shape = "x".join(map(str, g.shape))
-            lines.append(f"| {g.parent} | {g.kind} {shape} | {names} | "
-                         f"{g.mean_fit_error:.3f} | {g.params_saved:,} |")
+            rows = [[g.parent, f"{g.kind} {'x'.join(map(str, g.shape))}",
+                     ", ".join(c.name for c in g.children), f"{g.mean_fit_error:.3f}",
+                     f"{g.params_saved:,}"] for g in self.groups]
+            lines += ["", markdown_table(["parent", "kernel", "children", "mean fit error",
+                                          "params saved"], rows)]
         if self.skipped:
             lines.append("\nLeft dense:")
             lines += [f"- {', '.join(names)}: {why}" for names, why in self.skipped]
@@ -151,15 +151,12 @@ class ConversionReport:
     def _adapter_lines(self) -> list[str]:
         lines = [f"\nAdapters in place: {len(self.adapters)} layers, each on its own frozen "
                  f"kernel; {self.adapter_params:,} adapter parameters "
-                 f"({100 * self.adapter_fraction:.2f}% of the network)", "",
-                 "| layer | kernel | gate hidden | adapter params | kernel params |",
-                 "|---|---|---|---|---|"]
-        for a in self.adapters:
-            shape = "x".join(map(str, a.shape))
-            hidden = "static only" if a.gate_hidden is None else str(a.gate_hidden)
-            lines.append(f"| {a.name} | {a.kind} {shape} | {hidden} | {a.params:,} | "
-                         f"{a.kernel_params:,} |")
-        return lines
+                 f"({100 * self.adapter_fraction:.2f}% of the network)", ""]
+        rows = [[a.name, f"{a.kind} {'x'.join(map(str, a.shape))}",
+                 "static only" if a.gate_hidden is None else str(a.gate_hidden),
+                 f"{a.params:,}", f"{a.kernel_params:,}"] for a in self.adapters]
+        return [*lines, markdown_table(["layer", "kernel", "gate hidden", "adapter params",
+                                        "kernel params"], rows)]
 
     def _repr_markdown_(self) -> str:
         return str(self)

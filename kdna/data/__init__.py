@@ -6,13 +6,16 @@ downloads that happen only when asked for.
   accepts), with ``sources`` that say where each split came from;
 * :func:`write_example_folder` (:mod:`kdna.data.examples`): folders of real packaged images
   (MNIST digits, LFW faces) in the ``train/`` + ``test/`` layout, written offline;
+* :func:`benchmark_results` (:mod:`kdna.data.results_files`): a committed benchmark table, from
+  the checkout, the cache or the repository (Colab);
 * :func:`source_key` (:mod:`kdna.data.keys`): a cache key for a data set name or a folder's
   content (not its path);
 * :class:`ShapesDataset`, :func:`penn_fudan` (:mod:`kdna.data.shapes`): detection and
   segmentation data;
 * :func:`scan_images`, :class:`BadImageError` (:mod:`kdna.data.imagefiles`): unreadable
   images, named with their path and reason;
-* :func:`probe_images` (:mod:`kdna.data.probe`): diverse offline images for analyses;
+* :func:`analysis_images` (:mod:`kdna.data.photos`): varied offline images for analyses
+  (crops of every offline photo, faces, digits), and :func:`~kdna.data.photos.photo_crops`;
 * :func:`require_online` (:mod:`kdna.data.online`): fail at once, offline, with the way out;
 * :func:`cache_root` (:mod:`kdna.data.cache`): the one cache folder, ``$KDNA_CACHE`` or
   ``~/.cache/kdna``, never relative to the working directory.
@@ -30,8 +33,9 @@ from kdna.data.examples import write_example_folder
 from kdna.data.imagefiles import BadImageError, scan_images
 from kdna.data.keys import source_key
 from kdna.data.online import require_online
-from kdna.data.probe import ProbeImages, probe_images
+from kdna.data.photos import AnalysisImages, analysis_images
+from kdna.data.results_files import benchmark_results
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BadImageError", "DataSplits", "ProbeImages",
-           "cache_root", "list_datasets", "load_data", "probe_images", "require_online",
-           "scan_images", "source_key", "write_example_folder"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AnalysisImages", "BadImageError", "DataSplits",
+           "analysis_images", "benchmark_results", "cache_root", "list_datasets", "load_data",
+           "require_online", "scan_images", "source_key", "write_example_folder"]

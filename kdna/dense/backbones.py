@@ -13,9 +13,8 @@
   are the paper's sigmoid and each child starts as a copy of its parent;
 * ``"plain"``: torchvision's plain ResNet, the baseline.
 
-(``kernel_dna="paper" | "convert" | True | False``, the previous release's keyword, still works
-with a ``DeprecationWarning``: ``kernel_dna`` is a yes/no switch in :func:`kdna.create_model`,
-so the three-way choice here has its own name.)
+(``kernel_dna`` is the yes/no switch of :func:`kdna.create_model`; the three-way choice here
+has its own name.)
 
 The trunk is wired here rather than by torchvision's ``resnet_fpn_backbone``, which builds
 its own ResNet: :func:`resnet_fpn_backbone` reads the stages' widths from the block type, so
@@ -23,14 +22,15 @@ the paper layout's rebuilt ``layer3`` / ``layer4`` fit as well as torchvision's.
 
 Normalisation, decided for small batches of large images:
 
-* **gates**: every KernelDNA gate's ``BatchNorm1d`` becomes a
-  :class:`~kdna.dense.norm.FrozenGateNorm`: fixed statistics (never updated), trainable
-  scale and shift. A detector sees 1-4 images per step, and batch statistics of 2 pooled
-  descriptors are nearly meaningless (batch 1 even raises).
+* **gates**: every KernelDNA gate's ``BatchNorm1d`` becomes a :class:`kdna.nn.FrozenBatchNorm1d`:
+  fixed statistics (never updated), trainable scale and shift. A detector sees 1-4 images per
+  step, and batch statistics of 2 pooled descriptors are nearly meaningless (batch 1 even
+  raises).
 * **feature maps**: with ``weights_backbone``, every ``BatchNorm2d`` of the trunk (the
-  children's own included) becomes torchvision's ``FrozenBatchNorm2d``, as in torchvision's
-  detectors; from scratch they stay ordinary ``BatchNorm2d`` (statistics over batch x height
-  x width are fine at batch 2, and train with batch 1 as long as a map has more than a pixel).
+  children's own included) becomes a :class:`kdna.nn.FrozenBatchNorm2d` whose scale and shift
+  are frozen too, as torchvision's detectors freeze theirs; from scratch they stay ordinary
+  ``BatchNorm2d`` (statistics over batch x height x width are fine at batch 2, and train with
+  batch 1 as long as a map has more than a pixel).
 
 Defaults are sized for a CPU and small images (``min_size=320``, a 128-channel pyramid on
 ``layer2``-``layer4``, light heads, 128 sampled proposals per image); torchvision's full-size
@@ -41,7 +41,6 @@ representation_size=1024, mask_layers=(256, 256, 256, 256)`` and its samplers' d
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
@@ -54,57 +53,43 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.segmentation import DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kdna._checks import one_of
-from kdna.dense.norm import FrozenGateNorm, GateNorm
 from kdna.models import create_model
 from kdna.models.layout import apply_layout
 from kdna.nn.conv import ChildConv2d
 from kdna.nn.gate import ChannelGate
+from kdna.nn.norm import FrozenBatchNorm2d, freeze_batchnorm
 
-__all__ = ["ARCHS", "TRUNKS", "FrozenGateNorm", "GateNorm", "deeplabv3", "faster_rcnn",
-           "mask_rcnn", "resnet_fpn_backbone", "resnet_trunk"]
+__all__ = ["ARCHS", "TRUNKS", "deeplabv3", "faster_rcnn", "mask_rcnn", "resnet_fpn_backbone",
+           "resnet_trunk"]
 
 ARCHS = ("resnet18", "resnet50")
 TRUNKS = ("paper", "converted", "plain")
 Trunk = Literal["paper", "converted", "plain"]
-_KERNEL_DNA = {"paper": "paper", "convert": "converted", True: "paper", False: "plain"}
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's trainable order
 
 
-def _trunk_kind(arch: str, trunk: str, kernel_dna: object, caller: str) -> str:
-    """The checked trunk kind; ``kernel_dna`` (deprecated) translated with a warning."""
+def _trunk_kind(arch: str, trunk: str) -> str:
+    """The checked trunk kind."""
     one_of("arch", arch, ARCHS)
-    if kernel_dna is not None:
-        if not (isinstance(kernel_dna, bool) or kernel_dna in ("paper", "convert")):
-            raise ValueError(f"kernel_dna (deprecated: use trunk=) must be 'paper', 'convert', "
-                             f"True or False, got {kernel_dna!r}")
-        trunk = _KERNEL_DNA[kernel_dna]
-        warnings.warn(f"{caller}(kernel_dna=...) is deprecated and will be removed in kdna 0.2; "
-                      f"use trunk={trunk!r}", DeprecationWarning, stacklevel=3)
     return one_of("trunk", trunk, TRUNKS)
 
 
-def _freeze_norms(module: nn.Module, frozen_2d: bool) -> None:
-    """Gates' BatchNorm1d -> FrozenGateNorm; BatchNorm2d -> FrozenBatchNorm2d if
-    ``frozen_2d``."""
-    for name, child in list(module.named_children()):
-        if isinstance(module, ChannelGate) and type(child) is nn.BatchNorm1d:
-            new = FrozenGateNorm(child.num_features, child.eps).to(child.weight.device)
-            new.load_state_dict(child.state_dict())
-            setattr(module, name, new)
-        elif frozen_2d and type(child) is nn.BatchNorm2d:
-            new = FrozenBatchNorm2d(child.num_features, child.eps).to(child.weight.device)
-            state = {k: v for k, v in child.state_dict().items() if k != "num_batches_tracked"}
-            new.load_state_dict(state)
-            setattr(module, name, new)
-        else:
-            _freeze_norms(child, frozen_2d)
+def _freeze_norms(trunk: nn.Module, frozen_2d: bool) -> None:
+    """Freeze the statistics of the gates' BatchNorm1d; with ``frozen_2d``, of every BatchNorm2d
+    too, and their scale and shift."""
+    for gate in [m for m in trunk.modules() if isinstance(m, ChannelGate)]:
+        freeze_batchnorm(gate)
+    if frozen_2d:
+        freeze_batchnorm(trunk)
+        for module in trunk.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.requires_grad_(False)
 
 
 def resnet_trunk(arch: str = "resnet18", *, trunk: Trunk = "paper",
-                 weights_backbone: str | None = None, kernel_dna: object = None) -> nn.Module:
+                 weights_backbone: str | None = None) -> nn.Module:
     """The ResNet classifier whose stages become a backbone (its ``fc`` is never run).
 
     From scratch, each residual block's last BatchNorm starts at zero (every block starts
@@ -113,7 +98,7 @@ def resnet_trunk(arch: str = "resnet18", *, trunk: Trunk = "paper",
     weights (downloaded when online; offline a ``ConnectionError`` at once) before any
     conversion; the paper layout has no pretrained weights (a ``ValueError`` says so).
     """
-    kind = _trunk_kind(arch, trunk, kernel_dna, "resnet_trunk")
+    kind = _trunk_kind(arch, trunk)
     model = create_model(arch, kernel_dna=kind == "paper", weights=weights_backbone)
     if kind == "converted":
         apply_layout(model, None, pretrained=weights_backbone is not None)
@@ -164,7 +149,7 @@ def _layers(returned_layers: Sequence[int]) -> list[int]:
 def resnet_fpn_backbone(arch: str = "resnet18", *, trunk: Trunk = "paper",
                         weights_backbone: str | None = None, trainable_layers: int | None = None,
                         returned_layers: Sequence[int] = (2, 3, 4),
-                        fpn_channels: int = 128, kernel_dna: object = None) -> BackboneWithFPN:
+                        fpn_channels: int = 128) -> BackboneWithFPN:
     """A ResNet trunk (see :func:`resnet_trunk`) with a feature pyramid on ``returned_layers``.
 
     The result maps an image batch to an ``OrderedDict`` of ``fpn_channels``-channel maps
@@ -177,7 +162,7 @@ def resnet_fpn_backbone(arch: str = "resnet18", *, trunk: Trunk = "paper",
     """
     if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
         raise ValueError(f"fpn_channels must be a positive integer, got {fpn_channels!r}")
-    kind = _trunk_kind(arch, trunk, kernel_dna, "resnet_fpn_backbone")
+    kind = _trunk_kind(arch, trunk)
     layers = _layers(returned_layers)
     model = _prepare(arch, kind, weights_backbone, trainable_layers)
     return BackboneWithFPN(model, {f"layer{k}": str(i) for i, k in enumerate(layers)},
@@ -220,13 +205,13 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "pap
                 weights_backbone: str | None = None, trainable_layers: int | None = None,
                 returned_layers: Sequence[int] = (2, 3, 4), fpn_channels: int = 128,
                 anchor_sizes: Sequence[int] | None = None, representation_size: int = 256,
-                min_size: int = 320, max_size: int = 512, kernel_dna: object = None,
-                **kwargs) -> FasterRCNN:
+                min_size: int = 320, max_size: int = 512, **kwargs) -> FasterRCNN:
     """torchvision's Faster R-CNN with a (KernelDNA) ResNet-FPN backbone.
 
     The pyramid and heads always start from random initialisation (no pretrained detection
     weights fit a KernelDNA trunk); ``weights_backbone`` only concerns the trunk. Trains with
-    any batch size, one image included (see :class:`~kdna.dense.norm.FrozenGateNorm`).
+    any batch size, one image included (the gates' BatchNorm is a
+    :class:`kdna.nn.FrozenBatchNorm1d`).
 
     Args:
         num_classes: classes including the background (label 0).
@@ -243,13 +228,12 @@ def faster_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "pap
             side at most ``max_size``); use the images' own size to keep them as they are.
         **kwargs: passed on to ``torchvision.models.detection.FasterRCNN``.
     """
-    kind = _trunk_kind(arch, trunk, kernel_dna, "faster_rcnn")
-    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
+    backbone = resnet_fpn_backbone(arch, trunk=trunk, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
-    args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,
-                          representation_size, min_size, max_size, kwargs)
-    return FasterRCNN(backbone, **args)
+    return FasterRCNN(backbone, **_detector_args(num_classes, backbone, returned_layers,
+                                                 anchor_sizes, representation_size, min_size,
+                                                 max_size, kwargs))
 
 
 def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
@@ -257,7 +241,7 @@ def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper
               returned_layers: Sequence[int] = (2, 3, 4), fpn_channels: int = 128,
               anchor_sizes: Sequence[int] | None = None, representation_size: int = 256,
               mask_layers: Sequence[int] = (128, 128), min_size: int = 320,
-              max_size: int = 512, kernel_dna: object = None, **kwargs) -> MaskRCNN:
+              max_size: int = 512, **kwargs) -> MaskRCNN:
     """torchvision's Mask R-CNN with a (KernelDNA) ResNet-FPN backbone (heads from scratch).
 
     Arguments as :func:`faster_rcnn`, and ``mask_layers``: the widths of the mask head's
@@ -267,8 +251,7 @@ def mask_rcnn(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper
             or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in mask_layers)):
         raise ValueError(f"mask_layers must be a non-empty sequence of positive integers, got "
                          f"{mask_layers!r}")
-    kind = _trunk_kind(arch, trunk, kernel_dna, "mask_rcnn")
-    backbone = resnet_fpn_backbone(arch, trunk=kind, weights_backbone=weights_backbone,
+    backbone = resnet_fpn_backbone(arch, trunk=trunk, weights_backbone=weights_backbone,
                                    trainable_layers=trainable_layers,
                                    returned_layers=returned_layers, fpn_channels=fpn_channels)
     args = _detector_args(num_classes, backbone, returned_layers, anchor_sizes,
@@ -311,8 +294,8 @@ class _UpToLayer4(nn.ModuleDict):
 
 def deeplabv3(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper",
               weights_backbone: str | None = None, trainable_layers: int | None = None,
-              output_stride: int = 16, atrous_rates: Sequence[int] = (3, 6, 9),
-              kernel_dna: object = None) -> DeepLabV3:
+              output_stride: int = 16, atrous_rates: Sequence[int] = (3, 6, 9)
+              ) -> DeepLabV3:
     """torchvision's DeepLabV3 (ASPP head, no auxiliary head) on a (KernelDNA) ResNet.
 
     ``model(images)["out"]`` holds ``[B, num_classes, H, W]`` logits at the input size.
@@ -336,7 +319,7 @@ def deeplabv3(num_classes: int, *, arch: str = "resnet18", trunk: Trunk = "paper
             or any(isinstance(r, bool) or not isinstance(r, int) or r < 1
                    for r in atrous_rates)):
         raise ValueError(f"atrous_rates must be three positive integers, got {atrous_rates!r}")
-    kind = _trunk_kind(arch, trunk, kernel_dna, "deeplabv3")
+    kind = _trunk_kind(arch, trunk)
     model = _prepare(arch, kind, weights_backbone, trainable_layers)
     if output_stride <= 16:
         _dilate(model.layer4, 2 if output_stride == 16 else 4)

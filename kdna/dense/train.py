@@ -14,15 +14,13 @@ through torchmetrics) return plain floats in [0, 1].
 
 The optimiser and the warm-up + cosine schedule are :mod:`kdna.train.schedule`'s, the same as
 the classification loop's. Keywords follow the project's vocabulary: ``progress`` (show a
-progress bar) and ``grad_clip``; the former ``disable`` and ``clip_grad_norm`` still work for
-this release, with a ``DeprecationWarning``.
+progress bar) and ``grad_clip``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,27 +33,6 @@ from kdna.nn.utils import device_of, eval_mode
 from kdna.train.schedule import build_optimizer, warmup_cosine
 
 __all__ = ["evaluate_detection", "evaluate_segmentation", "train_dense"]
-
-# Deprecated keyword -> (its replacement, how an old value becomes a new one).
-_RENAMED: dict[str, tuple[str, Callable[[object], object]]] = {
-    "disable": ("progress", lambda disable: not disable),
-    "clip_grad_norm": ("grad_clip", lambda clip: clip),
-}
-
-
-def _renamed(function: str, deprecated: dict[str, object], current: dict[str, object]
-             ) -> dict[str, object]:
-    """``current`` (keyword -> value) updated from the ``deprecated`` keywords a caller of
-    ``function`` passed, each with a ``DeprecationWarning``; an unknown one is a TypeError."""
-    for old, value in deprecated.items():
-        new, convert = _RENAMED.get(old, (None, None))
-        if new not in current:
-            raise TypeError(f"{function}() got an unexpected keyword argument {old!r}")
-        current[new] = convert(value)
-        warnings.warn(f"{function}({old}=...) is deprecated and will be removed in the next "
-                      f"release; use {new}={current[new]!r}", DeprecationWarning, stacklevel=3)
-    return current
-
 
 def _is_detection(batch: object) -> bool:
     if not (isinstance(batch, tuple | list) and len(batch) == 2):
@@ -100,7 +77,7 @@ def train_dense(model: nn.Module, loader: Iterable, steps: int, lr: float = 1e-3
                 optimizer: str = "adamw", weight_decay: float = 1e-4, momentum: float = 0.9,
                 warmup_steps: int = 0, cosine: bool = True, grad_clip: float | None = 10.0,
                 ignore_index: int = 255, device: torch.device | str | None = None,
-                progress: bool = True, **deprecated: object) -> list[float]:
+                progress: bool = True) -> list[float]:
     """Train ``model`` for ``steps`` optimiser steps on ``loader`` (cycled); per-step losses.
 
     Args:
@@ -115,13 +92,10 @@ def train_dense(model: nn.Module, loader: Iterable, steps: int, lr: float = 1e-3
         ignore_index: segmentation pixels with this label do not count.
         device: where to train (default: where the model is).
         progress: show a tqdm progress bar.
-        **deprecated: ``disable`` (now ``progress``, inverted) and ``clip_grad_norm`` (now
-            ``grad_clip``) still work for this release, with a ``DeprecationWarning``.
 
     Raises:
         FloatingPointError: a loss that is not finite (the learning rate is too high).
     """
-    kw = _renamed("train_dense", deprecated, {"progress": progress, "grad_clip": grad_clip})
     steps, lr = positive_int("steps", steps), positive_float("lr", lr)
     warmup_steps = int_at_least("warmup_steps", warmup_steps, 0)
     if device is not None:
@@ -134,15 +108,15 @@ def train_dense(model: nn.Module, loader: Iterable, steps: int, lr: float = 1e-3
     model.train()
     losses: list[float] = []
     batches = _cycle(loader)
-    for step in tqdm(range(steps), desc="train", leave=False, disable=not kw["progress"]):
+    for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
         loss = _dense_loss(model, next(batches), device, ignore_index)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}; "
                                      f"lower the learning rate (lr={lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if kw["grad_clip"] is not None:
-            nn.utils.clip_grad_norm_(params, kw["grad_clip"])
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         schedule.step()
         losses.append(loss.item())
@@ -161,16 +135,14 @@ def _dense_loss(model: nn.Module, batch: object, device: torch.device, ignore_in
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, loader: Iterable, *, progress: bool = False,
-                       **deprecated: object) -> dict[str, float]:
+def evaluate_detection(model: nn.Module, loader: Iterable, *, progress: bool = False
+                       ) -> dict[str, float]:
     """COCO mAP of a detector on ``loader`` (detection batches), in eval mode.
 
     Returns ``{"map", "map_50", "map_75"}`` for boxes, and ``{"mask_map", "mask_map_50",
     "mask_map_75"}`` too when the model predicts masks (thresholded at 0.5). A class with no
-    ground truth in the whole loader does not count. ``progress`` shows a tqdm bar (the
-    former ``disable=`` still works for this release, with a ``DeprecationWarning``).
+    ground truth in the whole loader does not count. ``progress`` shows a tqdm bar.
     """
-    progress = _renamed("evaluate_detection", deprecated, {"progress": progress})["progress"]
     require("pycocotools", "dense", "evaluate_detection")  # torchmetrics' COCO backend
     MeanAveragePrecision = require(
         "torchmetrics.detection", "dense", "evaluate_detection").MeanAveragePrecision
@@ -216,18 +188,16 @@ def _mask(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, *,
-                          ignore_index: int = 255, progress: bool = False,
-                          **deprecated: object) -> dict[str, float]:
+                          ignore_index: int = 255, progress: bool = False
+                          ) -> dict[str, float]:
     """Mean IoU and pixel accuracy of a segmenter on ``loader`` (segmentation batches).
 
     ``miou``: torchmetrics' ``MulticlassJaccardIndex`` (macro average) over the
     ``num_classes`` classes, background included; a class absent from both the predictions
     and the labels does not count;
     ``pixel_accuracy``: the share of pixels labelled correctly. ``ignore_index`` pixels do
-    not count in either. ``progress`` shows a tqdm bar (the former ``disable=`` still works
-    for this release, with a ``DeprecationWarning``).
+    not count in either. ``progress`` shows a tqdm bar.
     """
-    progress = _renamed("evaluate_segmentation", deprecated, {"progress": progress})["progress"]
     int_at_least("num_classes", num_classes, 2)
     metrics = require("torchmetrics.classification", "dense", "evaluate_segmentation")
     MulticlassAccuracy, MulticlassJaccardIndex = (

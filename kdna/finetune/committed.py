@@ -70,14 +70,19 @@ def _rows(method: str) -> dict[str, dict[str, Any]]:
             for data, row in rows.items()}
 
 
-def default_method() -> str:
+def default_method(*, gated: bool = False) -> str:
     """The KernelDNA in-place method with the best committed test top-1, averaged over the
-    committed data sets."""
+    committed data sets; with ``gated``, the best of those whose children have input gates
+    (the ones with per-input routing to look at)."""
     def mean_test(method: str) -> float:
         tests = [row["test_mean"] for row in _rows(method).values() if "test_mean" in row]
         return statistics.fmean(tests) if tests else -math.inf
 
-    return max(committed()["in_place"], key=mean_test)
+    methods = [m for m in committed()["in_place"] if not gated or "gates" in m]
+    if not methods:
+        raise ValueError(f"no gated method among the committed in-place methods "
+                         f"{committed()['in_place']}")
+    return max(methods, key=mean_test)
 
 
 def default_lr(method: str, data: str | None = None) -> float:

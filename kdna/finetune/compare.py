@@ -78,14 +78,14 @@ def _tested_splits(protocol: Protocol) -> ProtocolSplits:
 
 def method_context(splits: ProtocolSplits, protocol: Protocol, *, progress: bool = False
                    ) -> MethodContext:
-    """The :class:`MethodContext` of a protocol's splits: the probe batch and the unlabeled
+    """The :class:`MethodContext` of a protocol's splits: the example batch and the unlabeled
     training images for recovery."""
     return MethodContext(num_classes=splits.num_classes, example_inputs=example_batch(splits),
                          images=lambda: training_images(splits, protocol.recovery_images),
                          progress=progress)
 
 
-class _Runner:
+class _ProtocolRuns:
     """The runs of one comparison: cached or trained, counted, under one progress bar."""
 
     def __init__(self, protocol: Protocol, splits: ProtocolSplits, pretrained: nn.Module,
@@ -188,7 +188,7 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
     per_method = len(protocol.lrs) + len(protocol.seeds) - 1
     bar = tqdm(total=per_method * len(chosen), desc=f"fine-tuning on {splits.name}",
                disable=not progress)
-    runner = _Runner(protocol, splits, pretrained, context, device, folder, bar)
+    protocol_runs = _ProtocolRuns(protocol, splits, pretrained, context, device, folder, bar)
     summaries, runs, seen = [], [], {}
     with bar:
         for method in chosen:
@@ -199,7 +199,7 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
                                                    same_as=same))
                     bar.update(per_method)
                     continue
-                summary, method_runs = runner.method(method)
+                summary, method_runs = protocol_runs.method(method)
             except MethodFailed as error:
                 summaries.append(MethodSummary(method.name, method.label, method.trains,
                                                error=str(error)))
@@ -208,8 +208,8 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
             summaries.append(summary)
             runs += method_runs
     return Comparison(protocol, summaries, runs, device_description(device),
-                      time.perf_counter() - start, runner.reloaded, runner.trained, folder,
-                      splits, context, pretrained)
+                      time.perf_counter() - start, protocol_runs.reloaded,
+                      protocol_runs.trained, folder, splits, context, pretrained)
 
 
 @dataclass

@@ -192,7 +192,7 @@ def finetune(model: str | nn.Module, data: str | os.PathLike | Sequence[Dataset]
     trained, scores = job.search()
     return FinetuneResult(
         model=inference_form(trained.prepared.model).eval(), method=job.method,
-        lr=trained.run.lr, lr_search=scores, history=trained.fit.history, val=trained.val,
+        lr=trained.run.lr, lr_search=scores, history=trained.training.history, val=trained.val,
         test=trained.test, classes=list(splits.classes), sources=dict(splits.sources),
         trainable=trained.prepared.trainable_count, total=trained.prepared.total,
         steps=trained.run.steps, seconds=time.perf_counter() - start,

@@ -24,7 +24,7 @@ them. :data:`METHODS` holds them by name:
   original on the task's unlabeled training images (:func:`kdna.conversion.recovery.distill`),
   then adapters, norms and head fine-tuned.
 
-The probe keeps its BatchNorms in eval mode whatever the protocol says; for the others the
+The linear probe keeps its BatchNorms in eval mode whatever the protocol says; for the others the
 protocol decides (:attr:`kdna.finetune.protocol.Protocol.batchnorm`). A method that cannot be
 prepared (a missing extra, a conversion step that fails) raises
 :class:`MethodFailed` naming the method and why.
@@ -44,16 +44,14 @@ from kdna._checks import module_arg, tensor_arg
 from kdna._extras import require
 from kdna.conversion.config import ConvertConfig
 from kdna.conversion.convert import apply_plan, convert
-from kdna.conversion.freeze import adapter_only
-from kdna.conversion.plan import plan_conversion
-from kdna.nn.norm import freeze_batchnorm
+from kdna.conversion.rules import plan_conversion
+from kdna.conversion.trainable import adapter_only
+from kdna.nn.norm import NORM_LAYERS, freeze_batchnorm
 from kdna.nn.utils import eval_mode, head_name, replace_module
 
 __all__ = ["METHODS", "FinetuneMethod", "MethodContext", "MethodFailed",
            "Prepared", "get_method", "inference_form", "list_methods", "lora_targets",
            "prepare", "trainable_names"]
-
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 class MethodFailed(RuntimeError):
@@ -65,7 +63,7 @@ class MethodContext:
     """What preparing a method may use besides the pretrained network."""
 
     num_classes: int  # the task's classes: the size of the new head
-    example_inputs: Tensor  # a batch of task images, for the conversions' probes
+    example_inputs: Tensor  # a batch of task images: the conversions' example_inputs
     # unlabeled task training images (kdna_shared's recovery), or a function that reads them
     # when first needed (most methods never do)
     images: Tensor | Callable[[], Tensor] | None = None
@@ -103,7 +101,7 @@ class FinetuneMethod:
     trains: str  # exactly which parameters train, in words
     build: Callable[..., nn.Module]  # (copy of the pretrained network, context, **settings)
     settings: Mapping[str, Any] = field(default_factory=dict)  # part of every cache key
-    kernel_dna: bool = False  # whether its task file is a kdna.save_adapters folder
+    adapter_files: bool = False  # whether its task file is a kdna.save_adapters folder
     in_place: bool = False  # KernelDNA adapters in place: the network's function kept at start
 
 
@@ -130,7 +128,7 @@ def trainable_names(model: nn.Module) -> tuple[str, ...]:
 def _train_only(model: nn.Module, *, norms: bool = False, biases: bool = False) -> None:
     model.requires_grad_(False)
     for module in model.modules():
-        if norms and isinstance(module, NORMS):
+        if norms and isinstance(module, NORM_LAYERS):
             module.requires_grad_(True)
     if biases:
         for name, p in model.named_parameters():
@@ -139,7 +137,7 @@ def _train_only(model: nn.Module, *, norms: bool = False, biases: bool = False) 
     model.get_submodule(head_name(model)).requires_grad_(True)
 
 
-def _probe(model: nn.Module, context: MethodContext) -> nn.Module:
+def _linear_probe(model: nn.Module, context: MethodContext) -> nn.Module:
     context.new_head(model)
     _train_only(model)
     return freeze_batchnorm(model)
@@ -178,7 +176,7 @@ def _lora(model: nn.Module, context: MethodContext, *, rank: int, norms: bool) -
     model = peft.get_peft_model(model, config)
     if norms:
         for module in model.modules():
-            if isinstance(module, NORMS):
+            if isinstance(module, NORM_LAYERS):
                 module.requires_grad_(True)
     return model
 
@@ -222,12 +220,12 @@ def _recovered(teacher: nn.Module, context: MethodContext, saving: float, steps:
                            f"for every input (largest spread over a batch {spread:.1e}; "
                            f"{len(damage.chosen)} layers shared)")
     refused = (f" ({len(damage.refused)} more refused: with the others they left less than "
-               f"{damage.min_spread:.0%} of the outputs' spread over the probe batch)"
+               f"{damage.min_spread:.0%} of the outputs' spread over the example batch)"
                if damage.refused else "")
     best = max(g.agreement.top1 for g in damage.chosen)
     return student, (f"{len(damage.chosen)} layers shared{refused}, saving "
                      f"{damage.saving:.1%} of the parameters; each of them alone keeps the "
-                     f"original's top-1 class on at most {best:.0%} of the probe images; "
+                     f"original's top-1 class on at most {best:.0%} of the example images; "
                      f"{result}; fine-tuning starts from this changed network, not from the "
                      f"pretrained one the other methods start from")
 
@@ -251,7 +249,7 @@ def _methods() -> dict[str, FinetuneMethod]:
     kdna = "KernelDNA adapters in place (each layer a child of its own frozen kernel)"
     rows = [
         ("linear_probe", "linear probe", "the new head only; every BatchNorm kept in eval "
-         "mode (ImageNet running statistics, never re-estimated)", _probe, {}, False),
+         "mode (ImageNet running statistics, never re-estimated)", _linear_probe, {}, False),
         ("norms_head", "norms + head", "every norm's scale and shift, and the head",
          _norms_head, {}, False),
         ("bitfit", "BitFit (biases + norms + head)", "every bias, every norm's scale and "
@@ -274,9 +272,9 @@ def _methods() -> dict[str, FinetuneMethod]:
          "images, then the children's adapters, norms and head", _kdna_shared,
          {"saving": 0.05, "block_steps": 100, "logit_steps": 50, "lr": 1e-3}, True),
     ]
-    return {name: FinetuneMethod(name, label, trains, build, settings, kernel_dna,
+    return {name: FinetuneMethod(name, label, trains, build, settings, adapter_files,
                                  in_place=build is _kdna_in_place)
-            for name, label, trains, build, settings, kernel_dna in rows}
+            for name, label, trains, build, settings, adapter_files in rows}
 
 
 METHODS: dict[str, FinetuneMethod] = _methods()

@@ -152,7 +152,7 @@ def pretrained_network(protocol: Protocol) -> nn.Module:
 
 
 def example_batch(splits: ProtocolSplits, size: int = 32) -> torch.Tensor:
-    """The first ``size`` validation images as a batch (the conversions' probe)."""
+    """The first ``size`` validation images as a batch (the conversions' ``example_inputs``)."""
     return torch.stack([splits.val[i][0] for i in range(min(size, len(splits.val)))])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kdna._files import write_atomically
+from kdna._tables import markdown_table
 from kdna.finetune.finetuned import FinetuneResult
 
 __all__ = ["confusion_svg", "write_report"]
@@ -75,10 +76,9 @@ def _lr_line(result: FinetuneResult, lr_source: str) -> str:
 def _class_rows(result: FinetuneResult) -> str:
     reported, split = result.reported, "test" if result.test is not None else "validation"
     counts = reported.confusion.sum(dim=1).tolist()
-    lines = [f"| class | {split} images | {split} top-1 |", "|---|---:|---:|"]
-    for name, n, acc in zip(result.classes, counts, reported.per_class(), strict=True):
-        lines.append(f"| {name} | {int(n)} | {_percent(acc) if n else 'no image'} |")
-    return "\n".join(lines)
+    rows = [[name, int(n), _percent(acc) if n else "no image"]
+            for name, n, acc in zip(result.classes, counts, reported.per_class(), strict=True)]
+    return markdown_table(["class", f"{split} images", f"{split} top-1"], rows, "lrr")
 
 
 def _baseline_text(result: FinetuneResult, baseline: FinetuneResult | None) -> str:
@@ -86,11 +86,10 @@ def _baseline_text(result: FinetuneResult, baseline: FinetuneResult | None) -> s
         return ""
     ours, theirs = result.reported.top1, baseline.reported.top1
     split = "test" if result.test is not None else "validation"
-    return (f"\n## Beside {baseline.method.label}, at the same budget\n\n"
-            f"| method | lr | {split} top-1 | trainable |\n|---|---:|---:|---:|\n"
-            f"| {result.method.label} | {result.lr:g} | {_percent(ours)} | "
-            f"{result.trainable:,} |\n| {baseline.method.label} | {baseline.lr:g} | "
-            f"{_percent(theirs)} | {baseline.trainable:,} |\n\n"
+    table = markdown_table(["method", "lr", f"{split} top-1", "trainable"], [
+        [r.method.label, f"{r.lr:g}", _percent(r.reported.top1), f"{r.trainable:,}"]
+        for r in (result, baseline)], "lrrr")
+    return (f"\n## Beside {baseline.method.label}, at the same budget\n\n{table}\n\n"
             f"{result.method.label} adds **{100 * (ours - theirs):+.1f} points** of {split} "
             f"top-1 over {baseline.method.label} in this run (one seed).\n")
 

@@ -3,7 +3,7 @@
 One :class:`RunResult` per (method, learning rate, seed). :func:`choose_lr` picks a method's
 learning rate from its validation accuracies alone (seed :data:`SELECTION_SEED`, the highest,
 the smaller rate on a tie); :func:`summarise` then reports the *test* accuracies of every seed
-at that rate, their mean and sample standard deviation. :func:`markdown_table`,
+at that rate, their mean and sample standard deviation. :func:`comparison_table`,
 :func:`csv_rows` and :func:`read_csv` write and read them. Accuracies are fractions in [0, 1];
 tables print percentages.
 """
@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SELECTION_SEED", "MethodSummary", "RunResult", "choose_lr", "csv_rows",
-           "markdown_table", "read_csv", "summarise"]
+from kdna._tables import markdown_table
+
+__all__ = ["SELECTION_SEED", "MethodSummary", "RunResult", "choose_lr", "comparison_table",
+           "csv_rows", "read_csv", "summarise"]
 
 SELECTION_SEED = 0  # the seed whose validation accuracies choose the learning rate
 
@@ -37,7 +39,7 @@ class RunResult:
     trainable: int  # parameters that trained
     total: int  # parameters of the trained network
     steps: int
-    seconds_per_step: float  # fit's wall time per step (data loading included)
+    seconds_per_step: float  # the training loop's wall time per step (data loading included)
     task_bytes: int  # bytes of what the task stores beside the pretrained network
 
     @classmethod
@@ -64,6 +66,9 @@ class MethodSummary:
     same_as: str | None = None  # trains exactly what this other method trains: not run again
     note: str = ""
     throughput: float | None = None  # deployed inference throughput / the plain network's
+    # training step time relative to LoRA's, from the fine-tuning cost benchmark
+    # (benchmarks/finetune_speed.py: interleaved rounds in one process), where it was measured
+    step_vs_lora: float | None = None
 
     @property
     def mean(self) -> float:
@@ -108,32 +113,44 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
-def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str]) -> str:
-    if s.same_as:
-        return (f"| {s.label} | {s.trains} | trains exactly what {by_label[s.same_as]} trains "
-                f"on this network: not run again |||||")
-    if s.error:
-        return f"| {s.label} | {s.trains} | failed: {s.error} |||||"
+def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str], costs: bool
+         ) -> list[str]:
+    """A method's cells; one not run (a duplicate, a failure) says why and leaves the rest
+    empty."""
+    if s.same_as or s.error:
+        why = (f"trains exactly what {by_label[s.same_as]} trains on this network: not run "
+               f"again" if s.same_as else f"failed: {s.error}")
+        return [s.label, s.trains, why, "", "", "", ""]
     grid = " / ".join(f"**{100 * s.val_by_lr[lr]:.1f}**" if lr == s.lr else
                       f"{100 * s.val_by_lr[lr]:.1f}" for lr in lrs if lr in s.val_by_lr)
-    speed = "" if s.throughput is None else f" | {s.throughput:.2f}x"
-    return (f"| {s.label} | {s.trains} | {s.lr:g} ({grid}) | **{100 * s.mean:.1f} ± "
-            f"{100 * s.std:.1f}** ({len(s.test)}) | {s.trainable:,} | {_size(s.task_bytes)} | "
-            f"{s.seconds_per_step:.3f}{speed} |")
+    speed = [] if s.throughput is None else [f"{s.throughput:.2f}x"]
+    return [s.label, s.trains, f"{s.lr:g} ({grid})",
+            f"**{100 * s.mean:.1f} ± {100 * s.std:.1f}** ({len(s.test)})", f"{s.trainable:,}",
+            _size(s.task_bytes), _step_cell(s, costs), *speed]
 
 
-def markdown_table(summaries: Sequence[MethodSummary], lrs: Sequence[float]) -> str:
+def _step_cell(s: MethodSummary, costs: bool) -> str:
+    if not costs:
+        return f"{s.seconds_per_step:.3f}"
+    return "not measured" if s.step_vs_lora is None else f"{s.step_vs_lora:.2f}x"
+
+
+def comparison_table(summaries: Sequence[MethodSummary], lrs: Sequence[float]) -> str:
     """The comparison as a Markdown table: per method what trains, the learning rate chosen
     (validation top-1 at each rate of the grid, the chosen one in bold), test top-1 as mean
-    ± standard deviation over seeds, trainable parameters, task file, seconds per step and,
-    where measured, deployed throughput relative to the plain network."""
+    ± standard deviation over seeds, trainable parameters, task file, the training step's cost
+    (its time relative to LoRA's from the fine-tuning cost benchmark where the summaries carry
+    it, else the runs' own seconds per step) and, where measured, deployed throughput relative
+    to the plain network."""
     speed = any(s.throughput is not None for s in summaries)
+    costs = any(s.step_vs_lora is not None for s in summaries)
     grid = " / ".join(f"{lr:g}" for lr in lrs)
-    head = (f"| method | trains | lr chosen (val top-1 % at {grid}) | test top-1 % (seeds) | "
-            f"trainable | task file | s / step |" + (" deployed speed |" if speed else ""))
-    rule = "|---|---|---|---:|---:|---:|---:|" + ("---:|" if speed else "")
+    header = ["method", "trains", f"lr chosen (val top-1 % at {grid})", "test top-1 % (seeds)",
+              "trainable", "task file", "step time vs LoRA" if costs else "s / step",
+              *(["deployed speed"] if speed else [])]
     by_label = {s.method: s.label for s in summaries}
-    return "\n".join([head, rule, *(_row(s, lrs, by_label) for s in summaries)])
+    return markdown_table(header, [_row(s, lrs, by_label, costs) for s in summaries],
+                          "lllrrrr" + ("r" if speed else ""))
 
 
 def csv_rows(summaries: Sequence[MethodSummary], **extra: Any) -> list[dict[str, Any]]:

@@ -8,9 +8,9 @@ comparisons (:mod:`kdna.finetune.compare`), the demo and the notebooks all call 
    new head, exactly the method's parameters trainable, its random draws from the seed);
 2. freezes its BatchNorm statistics (:func:`kdna.nn.freeze_batchnorm`) unless the protocol
    says ``batchnorm="train"``;
-3. trains it with :func:`kdna.train.fit`: AdamW, warm-up then cosine, no weight decay on
-   norms, biases, static scales or gates (``weight_decay_on="weights"``), on a seeded draw of
-   whole batches that makes ``protocol.steps`` steps (:func:`draw`); checkpoints go to
+3. trains it with :func:`kdna.train.train_classifier`: AdamW, warm-up then cosine, no weight
+   decay on norms, biases, static scales or gates (``weight_decay_on="weights"``), on a seeded
+   draw of whole batches that makes ``protocol.steps`` steps (:func:`draw`); checkpoints go to
    ``out_dir`` when one is given, and a run whose ``last.pt`` is there resumes from it;
 4. evaluates it on validation and, if asked, on test.
 
@@ -43,7 +43,7 @@ from kdna.nn.norm import freeze_batchnorm
 from kdna.nn.utils import default_device
 from kdna.train.config import TrainConfig, TrainResult
 from kdna.train.evaluate import Metrics, evaluate
-from kdna.train.loop import fit
+from kdna.train.loop import train_classifier
 
 __all__ = ["TrainedRun", "cached_run", "default_cache", "draw", "store_run", "train_method",
            "train_run"]
@@ -55,7 +55,7 @@ class TrainedRun:
 
     run: RunResult
     prepared: Prepared  # the trained network (``prepared.model``) and what it trains
-    fit: TrainResult  # fit's history (a row per pass over the draw), steps and time
+    training: TrainResult  # the loop's history (a row per pass over the draw), steps and time
     val: Metrics
     test: Metrics | None  # None: not asked for, or the data has no test split
     initial: dict[str, torch.Tensor]  # the state right after preparing (the task file's base)
@@ -100,7 +100,7 @@ def train_method(method: str | FinetuneMethod, protocol: Protocol, splits: Proto
     history's curve). ``confusion``: the metrics carry confusion matrices."""
     method = get_method(method)
     one_of("lr", float(lr), protocol.lrs)
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     context.seed = seed
     prepared = prepare(method, pretrained, context)
     if protocol.batchnorm == "frozen":
@@ -111,10 +111,10 @@ def train_method(method: str | FinetuneMethod, protocol: Protocol, splits: Proto
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(out_dir) if out_dir is not None else Path(scratch)
         last = folder / "last.pt"
-        result = fit(prepared.model, data, splits.val if track_val else None,
-                     _config(protocol, lr, seed, passes, folder, progress), device=device,
-                     resume=last if last.exists() else None)
-        size = task_bytes(prepared.model, initial, method.kernel_dna, Path(scratch))
+        result = train_classifier(prepared.model, data, splits.val if track_val else None,
+                                  _config(protocol, lr, seed, passes, folder, progress),
+                                  device=device, resume=last if last.exists() else None)
+        size = task_bytes(prepared.model, initial, method.adapter_files, Path(scratch))
     val = evaluate(prepared.model, splits.val, device=device, progress=False,
                    confusion=confusion)
     tested = (evaluate(prepared.model, splits.test, device=device, progress=False,

@@ -52,10 +52,10 @@ def changed_tensors(model: nn.Module, initial: dict[str, Tensor]) -> dict[str, T
             and (k not in initial or not torch.equal(v.detach().cpu(), initial[k].cpu()))}
 
 
-def _write_tensors(model: nn.Module, initial: dict[str, Tensor], kernel_dna: bool,
+def _write_tensors(model: nn.Module, initial: dict[str, Tensor], adapter_files: bool,
                    folder: Path) -> list[Path]:
     """The task's tensor files, written into ``folder``."""
-    if kernel_dna:
+    if adapter_files:
         saved = save_adapters(model, folder)
         return sorted(p for p in saved.iterdir() if p.name.startswith("kdna_adapters"))
     safetensors = require("safetensors.torch", None, "saving a fine-tuned task")
@@ -65,10 +65,10 @@ def _write_tensors(model: nn.Module, initial: dict[str, Tensor], kernel_dna: boo
     return [folder / TENSORS_FILE]
 
 
-def task_bytes(model: nn.Module, initial: dict[str, Tensor], kernel_dna: bool,
+def task_bytes(model: nn.Module, initial: dict[str, Tensor], adapter_files: bool,
                scratch: Path) -> int:
     """Bytes of the tensor files a task of ``model`` stores (written under ``scratch``)."""
-    files = _write_tensors(model, initial, kernel_dna, Path(scratch) / "task")
+    files = _write_tensors(model, initial, adapter_files, Path(scratch) / "task")
     return sum(f.stat().st_size for f in files)
 
 
@@ -83,9 +83,9 @@ def save_task(folder: str | os.PathLike, model: nn.Module, initial: dict[str, Te
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"a task is a folder; {folder} is a file")
     method = get_method(meta["method"])
-    files = _write_tensors(model, initial, method.kernel_dna, folder)
+    files = _write_tensors(model, initial, method.adapter_files, folder)
     record = {"format": FORMAT, "version": VERSION, **meta, "method": method.name,
-              "settings": dict(method.settings), "kernel_dna": method.kernel_dna,
+              "settings": dict(method.settings), "adapter_files": method.adapter_files,
               "files": [f.name for f in files]}
     text = json.dumps(record, indent=1).encode()
     write_atomically(folder / TASK_FILE, lambda file: file.write(text))
@@ -93,8 +93,11 @@ def save_task(folder: str | os.PathLike, model: nn.Module, initial: dict[str, Te
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
-    return read_record(folder / TASK_FILE, FORMAT, VERSION,
-                       "kdna.finetune(...).save(...) or `kdna finetune --out`")
+    path = folder / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {TASK_FILE} in {folder}: expected a folder written by "
+                                f"kdna.finetune(...).save(...) or `kdna finetune --out`")
+    return read_record(path, FORMAT, VERSION, "task")
 
 
 def _base(meta: dict[str, Any], base: nn.Module | None, folder: Path) -> nn.Module:
@@ -112,7 +115,7 @@ def _rebuild(meta: dict[str, Any], base: nn.Module, folder: Path) -> nn.Module:
     size = meta["image_size"]
     context = MethodContext(num_classes=len(meta["classes"]),
                             example_inputs=torch.zeros(2, 3, size, size), seed=meta["seed"])
-    if meta["kernel_dna"]:
+    if get_method(meta["method"]).adapter_files:
         return load_adapters(context.new_head(base), folder)
     model = prepare(meta["method"], base, context).model
     safetensors = require("safetensors.torch", None, "loading a fine-tuned task")

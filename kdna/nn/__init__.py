@@ -3,6 +3,8 @@
 * :class:`ParentKernel`, :class:`ChildConv2d`, :class:`KernelChild` (:mod:`kdna.nn.conv`) and
   :class:`ChildLinear` (:mod:`kdna.nn.linear`): the parent and its children;
 * :class:`ChannelGate` (:mod:`kdna.nn.gate`): the input-dependent routing;
+* :mod:`kdna.nn.training`: how a child trains against a frozen parent (adapters in place)
+  without the kernel's gradient;
 * :mod:`kdna.nn.functional`: the same maths as plain tensor functions;
 * :func:`fold` / :func:`unfold` (:mod:`kdna.nn.fold`): the deployment form and back;
 * :func:`fit_scales` (:mod:`kdna.nn.fitting`): static scales that take a parent towards a kernel;

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from kdna._checks import check_groups, check_padding, pair, positive_int
 from kdna.nn.functional import batchnorm_affine, modulated_weight
 from kdna.nn.gate import ChannelGate, GateForm
+from kdna.nn.training import conv_padding, frozen_parent_conv2d
 
 __all__ = ["ChildConv2d", "KernelChild", "ParentKernel", "parent_weight"]
 
@@ -130,6 +131,10 @@ class KernelChild(nn.Module):
     bias: nn.Parameter | None
     gate: ChannelGate | None
     residual: nn.Module | None  # a kdna.nn.residual.LowRankResidual, given by kdna.nn.relax
+    # Train with the frozen-parent form (kdna.nn.training) where it applies; False (on the
+    # class or on one child) builds and differentiates the whole kernel: for comparing the
+    # two, and for a network that changes a child's output in place.
+    fast_training: bool = True
 
     def _init_adapter(self, parent: nn.Module, weight: Tensor, *, in_channels: int,
                       spatial: tuple[int, int] | None, bias: bool,
@@ -174,6 +179,12 @@ class KernelChild(nn.Module):
             yield from self.residual.parameters()
         if self.gate is not None:
             yield from self.gate.parameters()
+
+    def _frozen_parent_training(self) -> bool:
+        """Whether this step trains the adapter against a frozen, unfolded kernel: the case
+        :mod:`kdna.nn.training` computes without the kernel's gradient."""
+        return (self.fast_training and self.training and torch.is_grad_enabled()
+                and not self.parent.weight.requires_grad and not self.is_folded)
 
     def _deployed(self) -> tuple[Tensor, Tensor | None]:
         """The weight and bias to run with: the folded cache, or computed afresh."""
@@ -265,6 +276,10 @@ class ChildConv2d(KernelChild):
                 f"expected a 4-D input [batch, {self.in_channels}, height, width], "
                 f"got shape {list(x.shape)}"
             )
+        if self._frozen_parent_training():
+            padding = conv_padding(self.padding, self.kernel_size, self.dilation)
+            if padding is not None:
+                return self._train_frozen_parent(x, padding)
         weight, bias = self._deployed()
         if self.gate is not None:
             gate = self.gate(x)
@@ -279,6 +294,18 @@ class ChildConv2d(KernelChild):
             # input with an NCHW weight would make the convolution convert layouts each call.
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _train_frozen_parent(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        gate = None if self.gate is None else self.gate(x)
+        geometry = (self.stride, padding, self.dilation, self.groups)
+        if self.residual is None:
+            return frozen_parent_conv2d(x, gate, self.parent.weight, self.filter_scale,
+                                        self.spatial_scale, self.bias, *geometry)
+        if gate is not None:
+            x = x * gate[:, :, None, None]
+        return (frozen_parent_conv2d(x, None, self.parent.weight, self.filter_scale,
+                                     self.spatial_scale, self.bias, *geometry)
+                + self.residual.conv2d(x, *geometry))
 
     @torch.no_grad()
     def fold(self, norm: nn.BatchNorm2d | None = None) -> None:

@@ -11,10 +11,22 @@ from torch import Tensor, nn
 from kdna._checks import one_of, positive_int
 from kdna.nn.functional import batchnorm_affine
 
-__all__ = ["ChannelGate", "GateForm"]
+__all__ = ["ChannelGate", "GateForm", "spatial_mean"]
 
 GateForm = Literal["paper", "identity"]
 _GATE_FORMS = ("paper", "identity")
+
+
+def spatial_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x.mean(dims)``. While its gradient is recorded it is a sum divided by the count: the
+    sum's backward broadcasts the gradient as a view, where the mean's divides a tensor as
+    large as ``x`` (one more pass over every gated feature map per step)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x.mean(dim=dims)
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    return x.sum(dim=dims) / count
 
 
 class ChannelGate(nn.Module):
@@ -57,7 +69,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The gate ``[B, C]`` for a feature map ``[B, C, H, W]`` or a pooled ``[B, C]``."""
-        return self.excite(x.mean(dim=(2, 3)) if x.dim() == 4 else x)
+        return self.excite(spatial_mean(x, (2, 3)) if x.dim() == 4 else x)
 
     def excite(self, pooled: Tensor) -> Tensor:
         """The gate from an already pooled descriptor ``[B, C]`` (the "squeeze" done)."""

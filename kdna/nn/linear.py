@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from kdna._checks import positive_int
 from kdna.nn.conv import KernelChild, parent_weight
-from kdna.nn.gate import GateForm
+from kdna.nn.gate import GateForm, spatial_mean
+from kdna.nn.training import frozen_parent_linear
 
 __all__ = ["ChildLinear"]
 
@@ -59,12 +60,25 @@ class ChildLinear(KernelChild):
             raise ValueError(
                 f"expected an input [batch, ..., {self.in_features}], got shape {list(x.shape)}"
             )
+        gate = None
         if self.gate is not None:
-            pooled = x.flatten(1, -2).mean(dim=1) if x.dim() > 2 else x
+            pooled = spatial_mean(x.flatten(1, -2), (1,)) if x.dim() > 2 else x
             gate = self.gate(pooled)  # through forward, so hooks on the gate see it
+        if self._frozen_parent_training():
+            return self._train_frozen_parent(x, gate)
+        if gate is not None:
             x = x * gate.view(gate.shape[0], *[1] * (x.dim() - 2), gate.shape[1])
         weight, bias = self._deployed()
         return F.linear(x, weight, bias)
+
+    def _train_frozen_parent(self, x: Tensor, gate: Tensor | None) -> Tensor:
+        if self.residual is None:
+            return frozen_parent_linear(x, gate, self.parent.weight, self.filter_scale,
+                                        self.bias)
+        if gate is not None:
+            x = x * gate.view(gate.shape[0], *[1] * (x.dim() - 2), gate.shape[1])
+        return (frozen_parent_linear(x, None, self.parent.weight, self.filter_scale, self.bias)
+                + self.residual.linear(x))
 
     def fold(self, norm: nn.Module | None = None) -> None:
         """Cache the static weight. Nothing follows a pointwise Linear to fold in."""

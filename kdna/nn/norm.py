@@ -9,11 +9,16 @@ network whose statistics drift no longer computes the function it started from. 
 
 ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``
 
-Its running statistics never move; its ``weight`` and ``bias`` stay parameters, so a method
-that trains the norms trains their scale and shift, which can absorb any per-channel
-re-normalisation. Being a subclass, it is still a BatchNorm to everything that folds, deploys
-or counts BatchNorms, and its state dict is the BatchNorm's: a model saved frozen loads into
-the plain network and computes the same function in eval mode.
+Its running statistics never move, whatever its ``training`` flag says (its ``forward`` always
+normalises with them, so even a flag set by hand changes nothing); its ``weight`` and ``bias``
+stay parameters, so a method that trains the norms trains their scale and shift, which can
+absorb any per-channel re-normalisation (set their ``requires_grad`` to ``False`` for a fixed
+affine map, as torchvision's detectors use). Any batch size works, one included: the gates'
+``BatchNorm1d`` sees one pooled vector per image, and a detector trains on one or two.
+
+Being a subclass, it is still a BatchNorm to everything that folds, deploys or counts
+BatchNorms, and its state dict is the BatchNorm's: a model saved frozen loads into the plain
+network and computes the same function in eval mode.
 
 :func:`freeze_batchnorm` swaps every BatchNorm of a model for its frozen form, in place,
 keeping the very same parameter and buffer tensors.
@@ -21,33 +26,44 @@ keeping the very same parameter and buffer tensors.
 
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from kdna._checks import module_arg
 
-__all__ = ["NORM_LAYERS", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "freeze_batchnorm",
-           "is_frozen_batchnorm"]
+__all__ = ["BATCH_NORMS", "NORM_LAYERS", "FrozenBatchNorm1d", "FrozenBatchNorm2d",
+           "freeze_batchnorm", "is_frozen_batchnorm"]
 
-# The normalisation layers whose scale and shift "the norms" means (fine-tuning methods, weight
-# decay): torch's public classes, frozen ones included as subclasses.
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
-               nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+# The BatchNorm layers (torch's public classes; frozen ones included as subclasses): what keeps
+# running statistics, and what a momentum setting applies to.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# The normalisation layers whose scale and shift "the norms" means (fine-tuning methods,
+# adapter_only, weight decay).
+NORM_LAYERS = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+               nn.InstanceNorm3d)
 
 
-class FrozenBatchNorm2d(nn.BatchNorm2d):
+class _FrozenStatistics:
+    """What makes a BatchNorm frozen: ``train()`` leaves it in eval mode, and ``forward``
+    normalises with the running statistics whatever the mode flag says."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            False, 0.0, self.eps)
+
+
+class FrozenBatchNorm2d(_FrozenStatistics, nn.BatchNorm2d):
     """An ``nn.BatchNorm2d`` that always normalises with its running statistics (see the
     module docstring); ``train()`` leaves it in eval mode."""
 
-    def train(self, mode: bool = True) -> FrozenBatchNorm2d:
-        return super().train(False)
 
-
-class FrozenBatchNorm1d(nn.BatchNorm1d):
+class FrozenBatchNorm1d(_FrozenStatistics, nn.BatchNorm1d):
     """An ``nn.BatchNorm1d`` that always normalises with its running statistics (the gates'
     BatchNorm); ``train()`` leaves it in eval mode."""
-
-    def train(self, mode: bool = True) -> FrozenBatchNorm1d:
-        return super().train(False)
 
 
 _FROZEN = {nn.BatchNorm2d: FrozenBatchNorm2d, nn.BatchNorm1d: FrozenBatchNorm1d}

@@ -17,6 +17,7 @@ in: the deployed child is still one convolution. It costs ``r * (C_out + C_in / 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdna._checks import positive_int
@@ -72,6 +73,22 @@ class LowRankResidual(nn.Module):
 
     def forward(self) -> Tensor:
         return (self.u @ self.v).view(self.shape)
+
+    def conv2d(self, x: Tensor, stride: tuple[int, int], padding: tuple[int, int] | str,
+               dilation: tuple[int, int], groups: int) -> Tensor:
+        """``conv2d(x, self())`` without building the kernel where that is cheaper: with
+        ``groups == 1``, two small convolutions, LoRA's way (``v`` as ``r`` filters of the
+        kernel's size, then ``u`` as a 1x1 convolution). Grouped kernels are built (they are
+        as small as the grouped kernel)."""
+        if groups != 1:
+            return F.conv2d(x, self(), None, stride, padding, dilation, groups)
+        hidden = F.conv2d(x, self.v.view(self.rank, *self.shape[1:]), None, stride, padding,
+                          dilation)
+        return F.conv2d(hidden, self.u.view(*self.u.shape, 1, 1))
+
+    def linear(self, x: Tensor) -> Tensor:
+        """``linear(x, self())`` as ``linear(linear(x, v), u)``, without the matrix."""
+        return F.linear(F.linear(x, self.v), self.u)
 
     def extra_repr(self) -> str:
         return f"shape={list(self.shape)}, rank={self.rank}"

@@ -35,7 +35,7 @@ from kdna.scratch.networks import build_network, get_network
 from kdna.scratch.protocol import ScratchProtocol, scratch_key, scratch_splits
 from kdna.train.config import TrainConfig
 from kdna.train.evaluate import evaluate
-from kdna.train.loop import fit
+from kdna.train.loop import train_classifier
 
 __all__ = ["ScratchComparison", "compare_networks", "measure_networks", "train_at",
            "train_network"]
@@ -60,7 +60,7 @@ def train_network(network: str, protocol: ScratchProtocol, splits: ProtocolSplit
                              momentum=protocol.momentum, weight_decay=protocol.weight_decay,
                              warmup_epochs=protocol.warmup * passes, seed=seed, out_dir=folder,
                              tensorboard=False, progress=progress)
-        result = fit(model, data, None, config, device=device)
+        result = train_classifier(model, data, None, config, device=device)
     val = evaluate(model, splits.val, device=device, progress=False)
     tested = evaluate(model, splits.test, device=device, progress=False) if test else None
     params = count_parameters(model)

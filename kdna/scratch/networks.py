@@ -37,10 +37,11 @@ from torch.utils.hooks import RemovableHandle
 from torchvision.models.resnet import BasicBlock
 
 from kdna._checks import positive_int
-from kdna.bench.baselines import DynamicConv2d, ExpertConv2d, dynamic_network
+from kdna.bench.baselines import dynamic_network
 from kdna.models import create_model
 from kdna.models.layout import apply_layout
 from kdna.models.resnet import resnet18_groups
+from kdna.nn.dynamic import DynamicConv2d, ExpertConv2d
 from kdna.nn.utils import count_parameters
 
 __all__ = ["NETWORKS", "CifarResNet", "Network", "anneal_temperature", "base_width",

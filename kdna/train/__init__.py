@@ -1,6 +1,7 @@
 """Training and evaluation: the reference recipe, done so that it really trains and resumes.
 
-* :func:`fit`, :class:`TrainConfig` (:mod:`kdna.train.loop`): the training loop;
+* :func:`train_classifier`, :class:`TrainConfig` (:mod:`kdna.train.loop`): the training loop
+  (:func:`kdna.dense.train.train_dense` is its dense-prediction counterpart);
 * :func:`build_optimizer`, :func:`warmup_cosine` (:mod:`kdna.train.schedule`): the optimiser
   and learning-rate schedule, shared with :func:`kdna.dense.train.train_dense`;
 * :func:`evaluate`, :func:`recalibrate_batchnorm` (:mod:`kdna.train.evaluate`);
@@ -29,11 +30,11 @@ from kdna.train.checkpoint import (
 from kdna.train.devices import Precision, autocast_for, loader_options, loader_workers
 from kdna.train.evaluate import Metrics, evaluate, recalibrate_batchnorm
 from kdna.train.interrupt import TrainingInterrupted
-from kdna.train.loop import NonFiniteLossError, TrainConfig, TrainResult, fit
+from kdna.train.loop import NonFiniteLossError, TrainConfig, TrainResult, train_classifier
 from kdna.train.schedule import build_optimizer, warmup_cosine
 
 __all__ = ["Metrics", "NonFiniteLossError", "Precision", "TrainConfig", "TrainResult",
            "TrainingInterrupted", "autocast_for", "build_optimizer", "check_writable",
-           "distributed", "evaluate", "fit", "load_checkpoint", "loader_options",
+           "distributed", "evaluate", "load_checkpoint", "loader_options",
            "loader_workers", "recalibrate_batchnorm", "rng_state", "save_checkpoint",
-           "set_rng_state", "warmup_cosine"]
+           "set_rng_state", "train_classifier", "warmup_cosine"]

@@ -105,8 +105,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and prove that a file can be written there (a small probe,
-    written, flushed to disk and removed), so an unwritable, missing or full checkpoint folder
+    """Create ``folder`` if needed and prove that a file can be written there (a small test
+    file, written, flushed to disk and removed), so an unwritable, missing or full checkpoint folder
     is found before training starts. Raises ``NotADirectoryError``, ``PermissionError`` or
     ``OSError`` naming the folder."""
     folder = Path(folder)
@@ -115,14 +115,14 @@ def check_writable(folder: str | Path) -> Path:
                                  f"give a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kdna-probe.", dir=folder)
+        fd, trial = tempfile.mkstemp(prefix=".kdna-write-test.", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(b"\0" * 65536)
                 f.flush()
                 os.fsync(f.fileno())
         finally:
-            Path(probe).unlink(missing_ok=True)
+            Path(trial).unlink(missing_ok=True)
     except OSError as exc:
         kind = type(exc) if type(exc) in (PermissionError, NotADirectoryError) else OSError
         raise kind(f"checkpoint folder {str(folder)!r} is not writable: "

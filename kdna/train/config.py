@@ -1,6 +1,6 @@
-"""What :func:`kdna.train.fit` is told and what it returns: :class:`TrainConfig` (every
+"""What :func:`kdna.train.train_classifier` is told and what it returns: :class:`TrainConfig` (every
 field checked when it is made), :class:`TrainResult`, :class:`NonFiniteLossError`, and the
-checks of ``fit``'s own arguments."""
+checks of ``train_classifier``'s own arguments."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from kdna._checks import (
 )
 from kdna.train.schedule import DECAY_ON, OPTIMIZERS
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "check_fit_args"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "check_train_args"]
 
 
 @dataclass
@@ -91,7 +91,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` did: per-epoch history, best accuracy, where the checkpoints are.
+    """What :func:`~kdna.train.train_classifier` did: per-epoch history, best accuracy, where
+    the checkpoints are.
 
     Each history row holds ``epoch``, ``step``, ``train_loss``, ``train_top1``, ``lr``,
     ``seconds`` and, with a validation set, ``val_loss``, ``val_top1``, ``val_top5``; every
@@ -115,8 +116,9 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped with the last checkpoint intact."""
 
 
-def check_fit_args(model: object, train_set: object, val_set: object, config: object) -> None:
-    """``TypeError`` naming the argument of :func:`kdna.train.fit` that has the wrong type."""
+def check_train_args(model: object, train_set: object, val_set: object, config: object) -> None:
+    """``TypeError`` naming the argument of :func:`kdna.train.train_classifier` that has the
+    wrong type."""
     module_arg("model", model)
     for name, value in (("train_set", train_set), ("val_set", val_set)):
         if value is None and name == "val_set":

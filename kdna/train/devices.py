@@ -1,7 +1,7 @@
 """What a device gets: its autocast and gradient scaler, and its data loaders' workers.
 
-:func:`autocast_for` is the one place that decides mixed precision, for :func:`kdna.train.fit`
-and anything that trains the way it does:
+:func:`autocast_for` is the one place that decides mixed precision, for
+:func:`kdna.train.train_classifier` and anything that trains the way it does:
 
 * CUDA at compute capability 8.0 and above (A100, H100, RTX 30xx and later): bfloat16
   autocast, no gradient scaler (bfloat16 has float32's exponent range);

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m kdna train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` and the rendezvous address; :func:`setup` reads them, initialises the
 process group (NCCL on GPUs, gloo on CPUs) and picks this process's device.
-:func:`kdna.train.fit` then wraps the model in DistributedDataParallel by itself.
+:func:`kdna.train.train_classifier` then wraps the model in DistributedDataParallel by itself.
 """
 
 from __future__ import annotations

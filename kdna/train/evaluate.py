@@ -1,6 +1,6 @@
 """Evaluation: loss and accuracy of a classifier, and re-estimating BatchNorm statistics.
 
-Used by :func:`kdna.train.fit` after every epoch, and on their own (``kdna eval``).
+Used by :func:`kdna.train.train_classifier` after every epoch, and on their own (``kdna eval``).
 Accuracies are fractions in [0, 1] (printed tables show them as percentages).
 """
 

@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT) and SIGTERM during :func:`kdna.train.fit`: stop cleanly, lose nothing.
+"""Ctrl-C (SIGINT) and SIGTERM during :func:`kdna.train.train_classifier`: stop cleanly, lose
+nothing.
 
 While :class:`StopSignals` is active, a signal does not kill the loop: it is *recorded*, the
 current optimiser step finishes, ``last.pt`` is written atomically at that exact position and
@@ -33,7 +34,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.checkpoint, self.step = signum, checkpoint, step
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
-        saved = (f"saved {str(checkpoint)!r}; resume with fit(..., resume={str(checkpoint)!r})"
+        saved = (f"saved {str(checkpoint)!r}; resume with train_classifier(..., "
+                 f"resume={str(checkpoint)!r})"
                  if checkpoint is not None else "rank 0 saved the checkpoint")
         super().__init__(f"training interrupted by {self.signal_name} after step {step}: {saved}")
 

@@ -1,4 +1,5 @@
-"""Where :func:`kdna.train.fit` logs: ``metrics.csv`` and TensorBoard events, rank 0 only."""
+"""Where :func:`kdna.train.train_classifier` logs: ``metrics.csv`` and TensorBoard events, rank 0
+only."""
 
 from __future__ import annotations
 

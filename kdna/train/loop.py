@@ -1,6 +1,6 @@
 """Training and evaluation loops: the reference code's recipe, done so that it really trains.
 
-:func:`fit` runs SGD with momentum (or AdamW), a linear warm-up then cosine decay to
+:func:`train_classifier` runs SGD with momentum (or AdamW), a linear warm-up then cosine decay to
 ``eta_min`` (stepped every batch), optional label smoothing and gradient clipping, and on a
 GPU automatic mixed precision (:func:`kdna.train.devices.autocast_for`: bfloat16 from compute
 capability 8.0, float16 with a gradient scaler below) and channels-last. It logs to CSV and
@@ -22,8 +22,8 @@ it, so the last checkpoint (written atomically) is the last good state. SIGINT (
 SIGTERM finish the current step, write ``last.pt`` and raise :class:`TrainingInterrupted`
 (:mod:`kdna.train.interrupt`). A checkpoint may be written mid-epoch, after an epoch's last
 step but before its evaluation, after the evaluation, or after the final epoch; a run resumed
-from any of them ends with the weights of an unbroken one. The checkpoint folder is probed
-with a small write before training starts.
+from any of them ends with the weights of an unbroken one. The checkpoint folder gets a
+test write before training starts.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kdna.nn.norm import BATCH_NORMS
+from kdna.nn.utils import default_device
 from kdna.train.checkpoint import (
     check_writable,
     load_checkpoint,
@@ -45,7 +47,7 @@ from kdna.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from kdna.train.config import NonFiniteLossError, TrainConfig, TrainResult, check_fit_args
+from kdna.train.config import NonFiniteLossError, TrainConfig, TrainResult, check_train_args
 from kdna.train.devices import autocast_for, loader_options
 from kdna.train.distributed import is_distributed
 from kdna.train.distributed import rank as process_rank
@@ -56,24 +58,24 @@ from kdna.train.sampler import EpochSampler, SeededItems, SeededSampler, epoch_s
 from kdna.train.schedule import build_optimizer, warmup_cosine
 
 __all__ = ["Metrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "TrainingInterrupted",
-           "evaluate", "fit", "recalibrate_batchnorm"]
+           "evaluate", "recalibrate_batchnorm", "train_classifier"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-class _Run:
-    """One call of :func:`fit`: the model as trained (DDP-wrapped under torchrun), its data,
-    optimiser, schedule and gradient scaler, the result so far and the position in the data
-    (``epoch``, the batches of it already done, ``skip``, and their ``[loss sum, correct,
-    samples]``, ``sums``)."""
+class _Trainer:
+    """One call of :func:`train_classifier`: the model as trained (DDP-wrapped under
+    torchrun), its data, optimiser, schedule and gradient scaler, the result so far and the
+    position in the data (``epoch``, the batches of it already done, ``skip``, and their
+    ``[loss sum, correct, samples]``, ``sums``)."""
 
     def __init__(self, model: nn.Module, train_set: Dataset, config: TrainConfig,
                  device: torch.device | str | None, resume: str | Path | None,
                  meta: dict[str, Any] | None) -> None:
         self.config, self.meta = config, dict(meta or {})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         cuda = self.device.type == "cuda"
         self.precision = autocast_for(self.device, amp=config.amp, dtype=config.amp_dtype)
         self.channels_last = config.channels_last if config.channels_last is not None else cuda
@@ -104,7 +106,7 @@ class _Run:
         model.to(self.device)
         if self.config.bn_momentum is not None:
             for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.momentum = self.config.bn_momentum
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -281,9 +283,10 @@ class _Run:
                                    self.result.steps)
 
 
-def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
-        *, device: torch.device | str | None = None, resume: str | Path | None = None,
-        meta: dict[str, Any] | None = None) -> TrainResult:
+def train_classifier(model: nn.Module, train_set: Dataset, val_set: Dataset | None,
+                     config: TrainConfig, *, device: torch.device | str | None = None,
+                     resume: str | Path | None = None, meta: dict[str, Any] | None = None
+                     ) -> TrainResult:
     """Train ``model`` on ``train_set``, evaluating on ``val_set`` after every epoch.
 
     Args:
@@ -291,16 +294,16 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: T
             :func:`kdna.adapter_only`).
         config: a :class:`TrainConfig`.
         device: where to train (default: CUDA when available).
-        resume: a checkpoint written by an earlier ``fit``: training continues exactly where
-            it stopped (same data order, RNG states, optimizer and schedule).
+        resume: a checkpoint written by an earlier ``train_classifier``: training continues
+            exactly where it stopped (same data order, RNG states, optimizer and schedule).
         meta: plain values stored in every checkpoint (e.g. how to rebuild the model).
 
     Returns:
         a :class:`TrainResult` (accuracies as fractions in [0, 1]). Checkpoints are
         ``out_dir/last.pt`` and ``out_dir/best.pt``.
     """
-    check_fit_args(model, train_set, val_set, config)
-    run = _Run(model, train_set, config, device, resume, meta)
+    check_train_args(model, train_set, val_set, config)
+    run = _Trainer(model, train_set, config, device, resume, meta)
     logger = MetricsLogger(Path(config.log_dir or run.out_dir), config.tensorboard, run.rank == 0)
     show = config.progress and run.rank == 0
     start_time = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The data order of :func:`kdna.train.fit`: one permutation per epoch, from the seed alone.
+"""The data order of :func:`kdna.train.train_classifier`: one permutation per epoch, from the
+seed alone.
 
 :func:`epoch_seed` turns the run's seed and an epoch into that epoch's seed (of the sampler's
 permutation and of the loader's worker seeds); :class:`EpochSampler` draws the permutation and

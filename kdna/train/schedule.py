@@ -6,8 +6,8 @@
 * :func:`warmup_cosine`: the per-step factor of ``torch.optim.lr_scheduler.LambdaLR``, a
   linear warm-up then a cosine decay (or a constant).
 
-:func:`kdna.train.fit` and :func:`kdna.dense.train.train_dense` both build their optimiser and
-schedule here, so the two loops cannot drift apart.
+:func:`kdna.train.train_classifier` and :func:`kdna.dense.train.train_dense` both build their
+optimiser and schedule here, so the two loops cannot drift apart.
 """
 
 from __future__ import annotations
@@ -108,9 +108,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int, *, floor: float = 0.0, of
     Why ``(s + 1) / warmup_steps`` rather than ``(s + 1) / (warmup_steps + 1)``: the
     warm-up's last step is trained at the peak learning rate, so the peak is reached *at the
     end* of warm-up, as ``warmup_steps`` promises, and never one step later; no step has a
-    learning rate of zero. It is also the schedule :func:`kdna.train.fit` always had, so its
-    checkpoints resume onto the same learning rates; :func:`kdna.dense.train.train_dense`
-    warms up for no step by default, so none of its default runs changes.
+    learning rate of zero. Checkpoints store only the step, not the rates, so this formula must
+    stay as it is for a checkpoint of :func:`kdna.train.train_classifier` to resume onto the
+    learning rates it was trained with; :func:`kdna.dense.train.train_dense` warms up for no
+    step by default.
     """
     total_steps = positive_int("total_steps", total_steps)
     warmup_steps = int_at_least("warmup_steps", warmup_steps, 0)

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kdna.nn.norm import NORM_LAYERS
 from kdna.nn.utils import children_of, head_name
 
 __all__ = ["TrainableCount", "adapter_only"]
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def adapter_only(model: nn.Module, *, head: str | None = "auto") -> TrainableCou
         if child.bias is not None:
             child.bias.requires_grad_(True)
     for module in model.modules():
-        if isinstance(module, _NORMS):
+        if isinstance(module, NORM_LAYERS):
             module.requires_grad_(True)
     if head_module is not None:
         head_module.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""The base a converted network came from: per-tensor digests, taken before any change.
+"""The record a conversion leaves on the network: its base's per-tensor digests and the plan.
 
 :func:`kdna.conversion.convert.apply_plan` records, on the model it converts, the plan it
 carried out and a digest of every tensor of the base's ``state_dict`` (a
@@ -51,7 +51,7 @@ class ConversionRecord:
 
     base_class: str  # e.g. "torchvision.models.resnet.ResNet"
     digests: dict[str, str]  # the base's state_dict, name -> tensor_digest, before conversion
-    plan: object  # the ConversionPlan carried out (without its probe batch and output)
+    plan: object  # the ConversionPlan carried out (without its example batch and output)
 
 
 def record_conversion(model: nn.Module, digests: dict[str, str], plan: object) -> None:

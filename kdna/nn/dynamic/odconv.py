@@ -4,7 +4,7 @@
 One squeeze (gap, fc, BN, ReLU) feeds four heads, attention over the k x k taps, the input
 channels, the output filters (sigmoids) and the K kernels (softmax):
 ``W_b = sum_k a_bk (a_spatial_b * a_in_b * W_k)``, output times ``a_filter_b``. Reweighting a
-kernel's taps, or mixing K kernels, needs a kernel per sample (see :mod:`kdna.bench.experts`);
+kernel's taps, or mixing K kernels, needs a kernel per sample (see :mod:`kdna.nn.dynamic.experts`);
 the input-channel and filter attentions are rescalings of the activations, so they are applied
 to the activations here, as in the official code, and only the kernel and spatial attentions
 enter ``W_b``.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdna._checks import positive_float, positive_int
-from kdna.bench.experts import ExpertConv2d
+from kdna.nn.dynamic.experts import ExpertConv2d
 
 __all__ = ["ODAttention", "ODConv2d"]
 

@@ -1,6 +1,6 @@
 """K expert kernels mixed per sample: the base of the dynamic-convolution baselines, and
 CondConv and DY-Conv (ODConv, which also attends over taps and channels, is in
-:mod:`kdna.bench.odconv`).
+:mod:`kdna.nn.dynamic.odconv`).
 
 * **CondConv** (Yang et al., 2019): ``r = sigmoid(fc(gap(x)))`` routes each sample over K
   expert kernels, ``W_b = sum_k r_bk W_k``. The K sigmoids are independent: the mixture is
