@@ -113,7 +113,9 @@ def test_unknown_network_and_bad_sizes_are_named():
     ({"lrs": ()}, "lrs"), ({"lrs": (0.1, 0.1)}, "lrs"), ({"seeds": (1, 2)}, "seeds"),
     ({"width": -1.0}, "width"), ({"optimizer": "rmsprop"}, "optimizer"),
     ({"warmup": 1.0}, "warmup"), ({"steps": 0}, "steps"), ({"val_fraction": 1.0}, "val_fraction"),
-    ({"momentum": 1.0}, "momentum"), ({"train_images": 0}, "train_images")])
+    ({"momentum": 1.0}, "momentum"), ({"train_images": 0}, "train_images"),
+    ({"networks": ()}, "networks"), ({"networks": ("resnet18", "resnet18")}, "networks"),
+    ({"networks": ("resnet19",)}, "resnet19")])
 def test_protocol_checks_every_field(overrides, match):
     with pytest.raises(ValueError, match=match):
         ScratchProtocol(**overrides)
@@ -124,8 +126,9 @@ def test_protocol_overrides_and_the_run_key():
     with pytest.raises(TypeError, match="stepz"):
         protocol.with_overrides(stepz=3)
     key = scratch_key(protocol, "resnet18", 0.1, 0)
-    assert key == scratch_key(protocol.with_overrides(lrs=(0.1, 1.0), seeds=(0, 5)),
-                              "resnet18", 0.1, 0)  # the grid and the seeds are not the run's
+    assert key == scratch_key(protocol.with_overrides(lrs=(0.1, 1.0), seeds=(0, 5),
+                                                      networks=("resnet18",)),
+                              "resnet18", 0.1, 0)  # the grid, seeds, networks: not the run's
     changed = [scratch_key(protocol, "kdna_resnet18", 0.1, 0),
                scratch_key(protocol, "resnet18", 0.3, 0), scratch_key(protocol, "resnet18", 0.1, 1),
                scratch_key(protocol.with_overrides(width=0.5), "resnet18", 0.1, 0),
