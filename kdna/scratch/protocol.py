@@ -71,11 +71,8 @@ class ScratchProtocol:
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)  # the one grid for every network
     seeds: tuple[int, ...] = (0, 1, 2)  # the first chooses the learning rate
     augment: bool = True  # load_data's training augmentation (small shifts, turns, zooms)
-    # The networks compared, in table order. The CPU protocol leaves out the MobileNetV2 0.5x
-    # pair (a second question: the layout on another family) and ODConv-1x (ODConv-4x stays),
-    # and trains 200 steps, so that the benchmark fits in about an hour on one shared CPU thread.
-    networks: tuple[str, ...] = ("resnet18", "kdna_resnet18", "resnet18_deep",
-                                 "resnet18_narrow", "condconv8x", "dyconv4x", "odconv4x")
+    # The networks compared, in table order: every one of the registry.
+    networks: tuple[str, ...] = tuple(list_networks())
 
     def __post_init__(self) -> None:
         int_at_least("image_size", self.image_size, 8)
@@ -111,8 +108,7 @@ class ScratchProtocol:
 # The committed protocols: what benchmarks/scratch.py runs by default on each kind of device.
 CPU_PROTOCOL = ScratchProtocol()
 GPU_PROTOCOL = ScratchProtocol(data="cifar100", image_size=32, train_images=None, width=1.0,
-                               steps=5000, batch_size=128, seeds=(0, 1, 2, 3, 4),
-                               networks=tuple(list_networks()))
+                               steps=5000, batch_size=128, seeds=(0, 1, 2, 3, 4))
 
 
 def committed_protocol(device: torch.device | str | None = None) -> ScratchProtocol:
