@@ -179,9 +179,10 @@ def write(args, comparison, rows, verdicts, seconds: float, loads: list[float]) 
         f"networks, on {device}", "",
         f"Written by `benchmarks/scratch.py` in **{seconds / 60:.0f} minutes** of wall time on "
         f"**{device}**; torch {torch.__version__}, kdna {kdna.__version__}; {load}. "
-        f"{comparison.trained} runs trained, {comparison.reloaded} reloaded from the cache "
-        f"(training of all {len(comparison.runs)} runs, summed: "
-        f"{sum(r.train_seconds for r in rows) / 60:.0f} minutes).", "",
+        f"{comparison.trained} runs trained in it, {comparison.reloaded} reloaded from the "
+        f"cache of earlier sittings of the same protocol; the training of all "
+        f"{len(comparison.runs)} runs, summed over the sittings: "
+        f"{sum(r.train_seconds for r in rows) / 60:.0f} minutes.", "",
         protocol_text(protocol, comparison, classes), "",
         WHY_FAIR.get(protocol.data, ""), "",
         "Columns: parameters; MACs per image at this image size; validation top-1 at each rate "

@@ -68,7 +68,7 @@ class ScratchProtocol:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on every parameter, as the paper's recipe
     warmup: float = 0.1  # linear warm-up, a fraction of the steps; then cosine to zero
-    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)  # the one grid for every network
+    lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)  # the one grid for every network
     seeds: tuple[int, ...] = (0, 1, 2)  # the first chooses the learning rate
     augment: bool = True  # load_data's training augmentation (small shifts, turns, zooms)
     # The networks compared, in table order: every one of the registry.
@@ -108,7 +108,8 @@ class ScratchProtocol:
 # The committed protocols: what benchmarks/scratch.py runs by default on each kind of device.
 CPU_PROTOCOL = ScratchProtocol()
 GPU_PROTOCOL = ScratchProtocol(data="cifar100", image_size=32, train_images=None, width=1.0,
-                               steps=5000, batch_size=128, seeds=(0, 1, 2, 3, 4))
+                               steps=5000, batch_size=128, lrs=(0.01, 0.03, 0.1, 0.3),
+                               seeds=(0, 1, 2, 3, 4))
 
 
 def committed_protocol(device: torch.device | str | None = None) -> ScratchProtocol:
