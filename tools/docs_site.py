@@ -183,7 +183,7 @@ def write_sources(notebooks: Sequence[Path], dest: Path = SOURCES) -> Path:
     (dest / "notebooks").mkdir(parents=True)
     shutil.copytree(ROOT / "docs" / "figures", dest / "docs" / "figures")
     results = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
-    pages = {"README.md", "docs/architecture.md", "docs/errors.md",
+    pages = {"README.md", "docs/architecture.md", "docs/errors.md", "docs/glossary.md",
              *(f"notebooks/{p.name}" for p in notebooks),
              *(f"benchmarks/results/{p.name}" for p in results),
              *(f"docs/figures/{p.name}" for p in (ROOT / "docs" / "figures").iterdir())}
