@@ -55,6 +55,7 @@ def _slices(kernels: Mapping[str, Tensor], filters: Sequence[int], channel: int
 
 
 def _named(children: Sequence | Mapping) -> dict:
+    """``name -> child``: a mapping as given, a sequence as ``child 1``, ``child 2``, ..."""
     named = dict(children) if isinstance(children, Mapping) else {
         f"child {i}": child for i, child in enumerate(children, 1)}
     if not named:
