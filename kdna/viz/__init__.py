@@ -1,7 +1,8 @@
-"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; one input's routing through
-one child in :mod:`kdna.viz.gates`; a fine-tuning run's images, curves, confusion matrix and
-mistakes in :mod:`kdna.viz.finetuning`; each returns a ``go.Figure``) and ipywidgets explorers
-(:mod:`kdna.viz.widgets`, imported on its own).
+"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; the mechanism itself, a
+parent beside its children and the gate's pipeline, in :mod:`kdna.viz.mechanism`; one
+input's routing through one child in :mod:`kdna.viz.gates`; a fine-tuning run's images,
+curves, confusion matrix and mistakes in :mod:`kdna.viz.finetuning`; each returns a
+``go.Figure``) and ipywidgets explorers (:mod:`kdna.viz.widgets`, imported on its own).
 
 Needs the ``viz`` extra (plotly; the widgets also ipywidgets): ``pip install 'kdna[viz]'``.
 """
@@ -12,7 +13,6 @@ from kdna.viz.figures import (
     conversion_tradeoff,
     fit_errors,
     image_predictions,
-    kernel_family,
     layer_scores,
     recovery_curve,
     routing_heatmap,
@@ -33,10 +33,11 @@ from kdna.viz.gates import (
     gate_comparison_figure,
     gate_figure,
 )
+from kdna.viz.mechanism import gate_pipeline, kernel_family, parent_and_children
 
 __all__ = ["accuracy_vs_parameters", "attribution_overlay", "changed_channels_html",
            "confident_mistakes", "confusion_heatmap", "conversion_tradeoff",
            "effective_kernel_figure", "fit_errors", "gate_comparison_figure", "gate_figure",
-           "image_grid", "image_predictions", "kernel_family", "layer_scores", "mistakes_grid",
-           "pictures", "recovery_curve", "routing_heatmap", "routing_profile",
-           "similarity_heatmap", "training_curves"]
+           "gate_pipeline", "image_grid", "image_predictions", "kernel_family", "layer_scores",
+           "mistakes_grid", "parent_and_children", "pictures", "recovery_curve",
+           "routing_heatmap", "routing_profile", "similarity_heatmap", "training_curves"]
