@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -255,20 +256,24 @@ def test_gate_kinds_tell_untrained_constant_and_routing_gates_apart():
     torch.manual_seed(0)
     x = torch.randn(6, 3, 12, 12)
     fresh = TinyNet(gate_form="identity")  # as converted: every gate exactly 1
-    assert gate_kinds(capture_routing(fresh, x)) == {"block1.0": "identity", "conv2": "identity"}
+    with pytest.warns(UserWarning, match="every gate of the 2 gated children is exactly 1"):
+        kinds = gate_kinds(capture_routing(fresh, x))
+    assert kinds == {"block1.0": "identity", "conv2": "identity"}
     trained = randomize(TinyNet(gate_form="identity"))
     assert gate_kinds(capture_routing(trained, x)) == {"block1.0": "per-input",
                                                        "conv2": "per-input"}
     with fixed_gates(trained, 0.5):
         assert set(gate_kinds(capture_routing(trained, x)).values()) == {"constant"}
-    with fixed_gates(trained, 1.0):
+    with fixed_gates(trained, 1.0), pytest.warns(UserWarning, match="exactly 1"):
         assert set(gate_kinds(capture_routing(trained, x)).values()) == {"identity"}
     near_one = torch.ones(4, 3)
     near_one[2, 1] += 1e-6
     routing = Routing(["a", "b", "c"], {"a": torch.ones(4, 3), "b": torch.full((4, 3), 0.7),
                                         "c": near_one}, None)
     assert gate_kinds(routing) == {"a": "identity", "b": "constant", "c": "per-input"}
-    assert gate_kinds(routing, tolerance=1e-5)["c"] == "identity"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one gate is not 1: no warning
+        assert gate_kinds(routing, tolerance=1e-5)["c"] == "identity"
     assert set(gate_kinds(routing).values()) <= set(GATE_KINDS)
     with pytest.raises(TypeError, match="routing must be a Routing"):
         gate_kinds({"a": torch.ones(4, 3)})

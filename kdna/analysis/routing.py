@@ -10,6 +10,7 @@ torch; figures live in :mod:`kdna.viz`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ def gate_kinds(routing: Routing, *, tolerance: float = 0.0) -> dict[str, str]:
       fixed per-channel scale, no routing (e.g. a gate whose hidden units never fire);
     * ``"per-input"``: the gate differs between inputs: routing.
 
-    A gate seen on one input only cannot vary: it is ``"identity"`` or ``"constant"``.
+    A gate seen on one input only cannot vary: it is ``"identity"`` or ``"constant"``. When
+    every gate is ``"identity"`` a ``UserWarning`` says so: there is no routing to look at.
     """
     if not isinstance(routing, Routing):
         raise TypeError(f"routing must be a Routing (from capture_routing), got "
@@ -122,6 +124,11 @@ def gate_kinds(routing: Routing, *, tolerance: float = 0.0) -> dict[str, str]:
             kinds[name] = "constant"
         else:
             kinds[name] = "per-input"
+    if kinds and set(kinds.values()) == {"identity"}:
+        warnings.warn(f"every gate of the {len(kinds)} gated children is exactly 1 on these "
+                      f"inputs: identity gates as a freshly converted, untrained network has "
+                      f"them, which route nothing; fine-tune the network first (e.g. "
+                      f"kdna.finetune(..., method='kdna_gates_4'))", UserWarning, stacklevel=2)
     return kinds
 
 
