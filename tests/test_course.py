@@ -129,9 +129,11 @@ def test_an_exercise_has_a_collapsed_solution_and_a_check(path):
     assert starts, "no code cell tagged exercise"
     for i in starts:
         assert i + 2 < len(cells), "the exercise is not followed by a solution and a check"
-        before, exercise, solution, check = cells[i - 1], cells[i], cells[i + 1], cells[i + 2]
-        assert before["cell_type"] == "markdown" and re.search(
-            r"^### Exercise: \S", _text(before), re.M), "no '### Exercise: ...' just before"
+        exercise, solution, check = cells[i], cells[i + 1], cells[i + 2]
+        # the last markdown cell before it states the exercise (a set-up cell may come between)
+        before = next(c for c in reversed(cells[:i]) if c["cell_type"] == "markdown")
+        assert re.search(r"^### Exercise: \S", _text(before), re.M), (
+            "the last markdown cell before the exercise is not its '### Exercise: ...'")
         assert exercise["cell_type"] == solution["cell_type"] == check["cell_type"] == "code"
         assert "solution" in tags[i + 1] and "check" in tags[i + 2], tags[i:i + 3]
         assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True, (
