@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -12,11 +13,14 @@ from torch import nn
 import kdna
 from kdna import analysis
 from kdna.analysis import (
+    GATE_KINDS,
     Routing,
     capture_routing,
     child_distance,
     cka,
     cka_matrix,
+    fixed_gates,
+    gate_kinds,
     kernel_similarity,
     layer_activations,
     linear_cka,
@@ -246,6 +250,37 @@ def test_captured_routing_varies_per_input_and_equals_the_gate(device):
         torch.testing.assert_close(routing.gates["conv2"], net.conv2.gate(net.block1(stem)).cpu())
         torch.testing.assert_close(routing.logits, net(x).cpu())
     assert _no_hooks_left(net)
+
+
+def test_gate_kinds_tell_untrained_constant_and_routing_gates_apart():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 12, 12)
+    fresh = TinyNet(gate_form="identity")  # as converted: every gate exactly 1
+    with pytest.warns(UserWarning, match="every gate of the 2 gated children is exactly 1"):
+        kinds = gate_kinds(capture_routing(fresh, x))
+    assert kinds == {"block1.0": "identity", "conv2": "identity"}
+    trained = randomize(TinyNet(gate_form="identity"))
+    assert gate_kinds(capture_routing(trained, x)) == {"block1.0": "per-input",
+                                                       "conv2": "per-input"}
+    with fixed_gates(trained, 0.5):
+        assert set(gate_kinds(capture_routing(trained, x)).values()) == {"constant"}
+    with fixed_gates(trained, 1.0), pytest.warns(UserWarning, match="exactly 1"):
+        assert set(gate_kinds(capture_routing(trained, x)).values()) == {"identity"}
+    near_one = torch.ones(4, 3)
+    near_one[2, 1] += 1e-6
+    routing = Routing(["a", "b", "c"], {"a": torch.ones(4, 3), "b": torch.full((4, 3), 0.7),
+                                        "c": near_one}, None)
+    assert gate_kinds(routing) == {"a": "identity", "b": "constant", "c": "per-input"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one gate is not 1: no warning
+        assert gate_kinds(routing, tolerance=1e-5)["c"] == "identity"
+    assert set(gate_kinds(routing).values()) <= set(GATE_KINDS)
+    with pytest.raises(TypeError, match="routing must be a Routing"):
+        gate_kinds({"a": torch.ones(4, 3)})
+    with pytest.raises(ValueError, match="tolerance must be a number >= 0, got -1"):
+        gate_kinds(routing, tolerance=-1)
+    with pytest.raises(ValueError, match=r"gates of 'a' must be \[inputs, channels\]"):
+        gate_kinds(Routing(["a"], {"a": torch.ones(3)}, None))
 
 
 def test_capture_routing_takes_batches_and_data_loader_tuples():

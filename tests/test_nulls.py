@@ -145,6 +145,17 @@ def test_label_permutation_test_separates_class_routing_from_chance():
     assert tests["b"].null_mean == pytest.approx(2 / 59, abs=0.02)  # (K - 1) / (N - 1)
 
 
+def test_label_permutation_test_gives_no_p_value_for_a_gate_that_never_varies():
+    labels = torch.arange(40) % 4
+    varying = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    routing = Routing(["still", "moving"], {"still": torch.full((40, 3), 0.8),
+                                            "moving": varying}, None)
+    tests = label_permutation_test(routing, labels, permutations=50)
+    assert math.isnan(tests["still"].statistic) and math.isnan(tests["still"].p_value)
+    assert not tests["still"].p_value < 0.05  # never counted as routing by class
+    assert 1 / 51 <= tests["moving"].p_value <= 1
+
+
 def test_fixed_gates_hold_every_gate_constant_and_come_off():
     torch.manual_seed(0)
     net, x = randomize(TinyNet(gate_form="identity")), torch.randn(6, 3, 12, 12)

@@ -26,6 +26,7 @@ from docs_site import (
     static_outputs,
     with_outputs,
 )
+from notebook_links import repository_url
 from render import find_chromium, render_dom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,12 @@ def test_the_site_builds_offline_and_draws_the_notebook_figures(request, tmp_pat
     drawn = len(re.findall(r'class="main-svg"', page))
     assert figures >= 1 and drawn >= figures, f"{figures} figures, {drawn} SVG layers drawn"
     html = (index.parent / "notebooks" / "01_parent_child_kernels.html").read_text()
+    # a notebook's links name the site's pages (the next notebook's, where this site has it)
+    assert 'href="../docs/glossary.html#parent"' in html
+    assert 'id="parent"' in (index.parent / "docs" / "glossary.html").read_text()
+    following = "02_redundancy.html" if any(p.name.startswith("02") for p in notebooks) else (
+        f"{repository_url()}/blob/main/notebooks/02_redundancy.ipynb")
+    assert f'href="{following}"' in html
     loads = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', html)
     # nothing loads from the network but Material's search shim for file:// pages
     assert set(loads) <= {"https://unpkg.com/iframe-worker/shim"}, loads

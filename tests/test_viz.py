@@ -13,11 +13,13 @@ from kdna.viz import (
     confusion_heatmap,
     conversion_tradeoff,
     fit_errors,
+    gate_pipeline,
     image_grid,
     image_predictions,
     kernel_family,
     layer_scores,
     mistakes_grid,
+    parent_and_children,
     pictures,
     routing_heatmap,
     routing_profile,
@@ -55,8 +57,95 @@ def test_kernel_family_rejects_strangers_and_bad_indices():
     stranger = ParentKernel(4, 6, 3).child()
     with pytest.raises(ValueError, match="child 1 is not a child"):
         kernel_family(parent, [stranger])
-    with pytest.raises(ValueError, match=r"filters \[7\] must lie in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"filters \[7\] must be a non-empty list in \[0, 6\)"):
         kernel_family(parent, [parent.child()], filters=(7,))
+
+
+def test_parent_and_children_has_one_panel_per_kernel_with_gaps_between_filters():
+    torch.manual_seed(0)
+    parent = ParentKernel(4, 6, 3)
+    children = {"a": parent.child(), "b": parent.child()}
+    with torch.no_grad():
+        children["b"].filter_scale[1] = 1.0  # child b doubles filter 1
+    fig = parent_and_children(parent.weight, children, filters=(0, 1), channel=2)
+    assert [t.name for t in fig.data] == ["parent", "a", "b"]
+    assert all(t.type == "heatmap" for t in fig.data)
+    assert "input channel 2" in fig.layout.title.text
+    z = {t.name: np.array(t.z, dtype=float) for t in fig.data}
+    assert z["parent"].shape == (3, 2 * 3 + 1)  # two 3x3 kernels and a blank column
+    assert np.isnan(z["parent"][:, 3]).all()
+    np.testing.assert_allclose(z["parent"][:, :3], parent.weight[0, 2].detach().numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(z["b"][:, 4:], 2 * z["parent"][:, 4:], rtol=1e-6)
+    np.testing.assert_allclose(z["a"], z["parent"], rtol=1e-6)  # a fresh child is its parent
+    assert list(fig.layout.xaxis3.ticktext) == ["f0", "f1"]
+
+
+def test_parent_and_children_accepts_modules_written_from_scratch():
+    class Scratch(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+        def static_weight(self):
+            return 3 * self.weight
+
+    conv = torch.nn.Conv2d(2, 5, 3, bias=False)
+    fig = parent_and_children(conv, [Scratch(conv.weight)], filters=(4,))
+    z = [np.array(t.z, dtype=float) for t in fig.data]
+    np.testing.assert_allclose(z[1], 3 * z[0], rtol=1e-6)
+    assert fig.data[1].name == "child 1"
+
+
+def test_parent_and_children_rejects_bad_kernels_and_indices():
+    parent = ParentKernel(4, 6, 3)
+    with pytest.raises(ValueError, match="at least one child"):
+        parent_and_children(parent, [])
+    with pytest.raises(ValueError, match=r"child 1 has kernel shape \[6, 4, 1, 1\]"):
+        parent_and_children(parent, [torch.zeros(6, 4, 1, 1)])
+    with pytest.raises(TypeError, match=r"child 1 must be a 4-D kernel.*shape \[6, 4\]"):
+        parent_and_children(parent, [torch.zeros(6, 4)])
+    with pytest.raises(TypeError, match=r"parent must be a 4-D kernel.*got ReLU"):
+        parent_and_children(torch.nn.ReLU(), [parent])
+    with pytest.raises(ValueError, match=r"channel 4 in \[0, 4\)"):
+        parent_and_children(parent, [parent.child()], channel=4)
+    with pytest.raises(ValueError, match="non-empty"):
+        parent_and_children(parent, [parent.child()], filters=())
+
+
+def _boxes(fig):
+    """Box label -> the tensor shape printed under it."""
+    texts = [a.text for a in fig.layout.annotations if a.text]
+    return {t.split("</b>")[0].removeprefix("<b>"): t.split("<br>")[1] for t in texts}
+
+
+def test_gate_pipeline_labels_every_step_with_its_tensor_shape():
+    child = ParentKernel(8, 16, 3).child(stride=2, padding=1, gate_reduction=4)
+    fig = gate_pipeline(child, (2, 8, 10, 10))
+    boxes = _boxes(fig)
+    assert boxes["input x"] == "[2, 8, 10, 10]"
+    assert boxes["average pool"] == "[2, 8]"
+    assert boxes["fc1 (no bias)"] == "[2, 2]"  # 8 channels reduced by 4
+    assert boxes["g = sigmoid"] == "[2, 8]"
+    assert boxes["P·(1+f)·(1+s)"] == "[16, 8, 3, 3]"
+    assert boxes["one conv2d"] == boxes["output"] == "[2, 16, 5, 5]"  # stride 2
+    assert len(fig.layout.shapes) == len(boxes) == 11
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 11
+    assert fig.layout.title.text.startswith("Inside a child")
+    identity = ParentKernel(8, 8, 3).child(gate_form="identity")
+    assert "g = 2·sigmoid" in _boxes(gate_pipeline(identity))
+    assert _boxes(gate_pipeline(identity))["input x"] == "[8, 8, 16, 16]"  # the default input
+
+
+def test_gate_pipeline_rejects_a_child_without_a_gate_and_a_wrong_input():
+    parent = ParentKernel(8, 8, 3)
+    with pytest.raises(ValueError, match="ChildConv2d with a gate, got ChildConv2d without"):
+        gate_pipeline(parent.child(gate_reduction=None))
+    with pytest.raises(ValueError, match="got ParentKernel"):
+        gate_pipeline(parent)
+    with pytest.raises(ValueError, match=r"\[batch, 8, height, width\], got \[2, 3, 4, 4\]"):
+        gate_pipeline(parent.child(), (2, 3, 4, 4))
 
 
 def test_fit_errors_has_one_bar_trace_per_parent():

@@ -68,6 +68,15 @@ def test_initial_state(explorer):
     assert "label: ant" in explorer.figures["image"].layout.annotations[0].text
 
 
+def test_the_first_child_shown_can_be_chosen(pictures):
+    net = randomize(TinyNet()).eval()
+    explorer = RoutingExplorer(net, pictures, to_tensor, classes=CLASSES, layer="conv2")
+    assert explorer.layer == "conv2" and explorer._layer_chooser.value == "conv2"
+    assert explorer.figures["gate"].layout.title.text.startswith("conv2")
+    with pytest.raises(ValueError, match=r"layer must be a gated child.*got 'conv3'"):
+        RoutingExplorer(net, pictures, to_tensor, classes=CLASSES, layer="conv3")
+
+
 def test_select_image(explorer):
     before = (explorer.gate.clone(), explorer.prediction, gate_bars(explorer),
               explorer.figures["image"].data[0].source)

@@ -150,16 +150,21 @@ def _page(path: str) -> str:
     return "index.md" if path == "README.md" else path
 
 
-def _relink(markdown: str, here: str, pages: set[str]) -> str:
+def _relink(markdown: str, here: str, pages: set[str], *, html: bool = False) -> str:
     """Links relative to the repository file at ``here``: kept where the site has the page,
-    pointed at the repository otherwise."""
+    pointed at the repository otherwise. ``html``: a page's link names its ``.html`` file, for
+    notebooks, whose links mkdocs-jupyter leaves as written (mkdocs rewrites a Markdown
+    page's own ``.md`` links)."""
     def fix(match: re.Match) -> str:
         target, _, anchor = match[2].partition("#")
         if re.match(r"[a-z]+:", target) or not target:
             return match[0]
         path = os.path.normpath(os.path.join(os.path.dirname(here), target))
         if path in pages:
-            link = os.path.relpath(_page(path), os.path.dirname(_page(here)) or ".")
+            page = _page(path)
+            if html and page.endswith((".md", ".ipynb")):
+                page = os.path.splitext(page)[0] + ".html"
+            link = os.path.relpath(page, os.path.dirname(_page(here)) or ".")
         else:
             link = f"{_repository()}/blob/main/{path}"
         return f"{match[1]}({link}{'#' + anchor if anchor else ''})"
@@ -183,7 +188,7 @@ def write_sources(notebooks: Sequence[Path], dest: Path = SOURCES) -> Path:
     (dest / "notebooks").mkdir(parents=True)
     shutil.copytree(ROOT / "docs" / "figures", dest / "docs" / "figures")
     results = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
-    pages = {"README.md", "docs/architecture.md", "docs/errors.md",
+    pages = {"README.md", "docs/architecture.md", "docs/errors.md", "docs/glossary.md",
              *(f"notebooks/{p.name}" for p in notebooks),
              *(f"benchmarks/results/{p.name}" for p in results),
              *(f"docs/figures/{p.name}" for p in (ROOT / "docs" / "figures").iterdir())}
@@ -194,7 +199,8 @@ def write_sources(notebooks: Sequence[Path], dest: Path = SOURCES) -> Path:
         nb = static_outputs(nbformat.read(path, as_version=4))
         for cell in nb.cells:
             if cell.cell_type == "markdown":
-                cell.source = mathml(_relink(cell.source, f"notebooks/{path.name}", pages))
+                cell.source = mathml(_relink(cell.source, f"notebooks/{path.name}", pages,
+                                             html=True))
         nbformat.write(nb, dest / "notebooks" / path.name)
     for page, (title, modules) in API.items():
         (dest / "api").mkdir(exist_ok=True)

@@ -41,31 +41,32 @@ def fit_errors_example() -> go.Figure:
 
 
 def routing_example() -> go.Figure:
-    """The routing of the fine-tuned network that notebook 06 caches (run it first)."""
+    """The routing that notebook 06 shows by default: the gated default method fine-tuned on
+    the example digits (its run is reloaded from the cache root where the notebook left it,
+    trained here otherwise: about a minute on a CPU)."""
     from torch.utils.data import DataLoader
 
-    from kdna.analysis import capture_routing, routing_statistics
-    from kdna.data import cache_root, load_data
-    from kdna.models import efficientnet_lite
-    from kdna.train.checkpoint import load_checkpoint
+    from kdna.analysis import capture_routing, gate_kinds, label_permutation_test
+    from kdna.data import cache_root, write_example_folder
     from kdna.viz import routing_heatmap
 
-    state = load_checkpoint(cache_root("06_routing", "last.pt"))
-    model = kdna.create_model("efficientnet_lite0", kernel_dna=False, num_classes=10)
-    kdna.convert(model, groups=state["meta"]["layout"])
-    model.load_state_dict(state["model"])
-    data = load_data("mnist", image_size=48, mean=efficientnet_lite.MEAN,
-                     std=efficientnet_lite.STD, limit=1280, seed=0)
-    loader = DataLoader(data.val, batch_size=256)
-    routing = capture_routing(model, loader)
+    data = write_example_folder(cache_root("examples"), "digits")
+    result = kdna.finetune("efficientnet_lite0", data,
+                           method=kdna.finetune.default_method(gated=True), steps=120,
+                           image_size=32, flip=False, device="cpu",
+                           out=cache_root("06_routing"), progress=False)
+    loader = DataLoader(result.splits.test, batch_size=100)
+    routing = capture_routing(result.model, loader)
     labels = torch.cat([y for _, y in loader])
-    stats = routing_statistics(routing, labels)
-    chosen = max(stats.specialisation, key=stats.specialisation.get)
-    order = torch.argsort(labels, stable=True)[::5]
+    tests = label_permutation_test(routing, labels, permutations=200, seed=0)
+    by_class = [name for name, kind in gate_kinds(routing).items()
+                if kind == "per-input" and tests[name].p_value < 0.01]
+    chosen = max(by_class, key=lambda name: routing.gates[name].std(dim=0).mean().item())
+    order = torch.argsort(labels, stable=True)
     fig = routing_heatmap(routing.gates[chosen][order], layer=chosen,
-                          labels=[str(i) for i in labels[order].tolist()],
-                          title=f"Per-input routing of {chosen} after fine-tuning on MNIST "
-                                "(200 digits sorted 0 to 9, one row each)")
+                          labels=[result.classes[i] for i in labels[order].tolist()],
+                          title=f"Per-input routing of {chosen} after fine-tuning on real digits "
+                                f"({len(labels)} held-out digits sorted 0 to 9, one row each)")
     fig.update_layout(width=1000, height=520)
     return fig
 

@@ -20,10 +20,12 @@ from kdna.analysis.nulls import (
     random_weights,
 )
 from kdna.analysis.routing import (
+    GATE_KINDS,
     Routing,
     RoutingStats,
     capture_routing,
     child_distance,
+    gate_kinds,
     most_changed_channels,
     routing_statistics,
 )
@@ -38,9 +40,9 @@ from kdna.analysis.similarity import (
     linear_cka,
 )
 
-__all__ = ["MAX_FEATURES", "CKAAccumulator", "PermutationTest", "Routing", "RoutingStats",
-           "Similarity", "block_permutation_test", "capture_routing", "child_distance",
-           "cka_matrices", "cka_matrix", "fixed_gates", "hsic", "kernel_cosine_matrix",
-           "kernel_similarity", "label_permutation_test", "layer_activations", "linear_cka",
-           "most_changed_channels", "random_kernel_similarity", "random_weights",
-           "routing_statistics"]
+__all__ = ["GATE_KINDS", "MAX_FEATURES", "CKAAccumulator", "PermutationTest", "Routing",
+           "RoutingStats", "Similarity", "block_permutation_test", "capture_routing",
+           "child_distance", "cka_matrices", "cka_matrix", "fixed_gates", "gate_kinds", "hsic",
+           "kernel_cosine_matrix", "kernel_similarity", "label_permutation_test",
+           "layer_activations", "linear_cka", "most_changed_channels", "random_kernel_similarity",
+           "random_weights", "routing_statistics"]

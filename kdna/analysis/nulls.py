@@ -18,6 +18,7 @@ An analysis claim stands beside its null (DESIGN.md). Here are the nulls kdna's 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class PermutationTest:
 
     statistic: float  # the observed value
     null: Tensor  # [permutations] the statistic under shuffled labels (float64)
-    p_value: float  # (1 + #{null >= statistic}) / (1 + permutations), one-sided
+    p_value: float  # (1 + #{null >= statistic}) / (1 + permutations), one-sided; NaN: no statistic
 
     @property
     def null_mean(self) -> float:
@@ -52,6 +53,10 @@ class PermutationTest:
 
 
 def _p_value(statistic: float, null: Tensor) -> float:
+    """One-sided p-value; NaN for a NaN statistic (e.g. a gate that never varies has no
+    class-explained share), which no threshold counts as significant."""
+    if math.isnan(statistic):
+        return math.nan
     return float((1 + (null >= statistic - 1e-12).sum()) / (1 + null.numel()))
 
 
@@ -155,7 +160,8 @@ def label_permutation_test(routing: Routing, labels: Tensor | Sequence[int], *,
 
     With few inputs per class, even class-blind gates score about ``(K - 1) / (N - 1)``; the
     shuffled labels show that floor, and the p-value how often chance reaches the observed
-    share. One permutation of the labels is shared by all children."""
+    share. One permutation of the labels is shared by all children. A gate that never varies
+    (``gate_kinds``: identity or constant) has no share: its statistic and p-value are NaN."""
     observed = routing_statistics(routing, labels).specialisation
     labels = torch.as_tensor(labels).cpu()
     permutations = positive_int("permutations", permutations)

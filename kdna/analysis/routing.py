@@ -2,12 +2,15 @@
 
 :func:`capture_routing` records every gate vector through forward hooks that are always
 removed (also when the forward pass raises); :func:`routing_statistics` summarises them per
-class. Plain torch; figures live in :mod:`kdna.viz`.
+class; :func:`gate_kinds` says which gates route at all (a freshly converted network's identity
+gates are exactly 1 for every input, and a gate can also settle on one constant vector). Plain
+torch; figures live in :mod:`kdna.viz`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,8 +22,11 @@ from kdna.analysis.hooks import detached_output, hooked, input_batches, resolve_
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import children_of
 
-__all__ = ["Routing", "RoutingStats", "capture_routing", "child_distance",
-           "most_changed_channels", "routing_statistics"]
+__all__ = ["GATE_KINDS", "Routing", "RoutingStats", "capture_routing", "child_distance",
+           "gate_kinds", "most_changed_channels", "routing_statistics"]
+
+# what a gate did on the captured inputs, from the least to the most routing (gate_kinds)
+GATE_KINDS = ("identity", "constant", "per-input")
 
 
 @dataclass
@@ -84,6 +90,46 @@ def capture_routing(model: nn.Module, inputs: Tensor | Iterable[Tensor | tuple],
         raise ValueError(f"the gates of {missing} did not run during the forward passes")
     return Routing(names=list(children), gates={n: torch.cat(g) for n, g in gates.items()},
                    logits=torch.cat(logits) if logits else None)
+
+
+def gate_kinds(routing: Routing, *, tolerance: float = 0.0) -> dict[str, str]:
+    """What each child's gate did on the captured inputs, in model order (see
+    :data:`GATE_KINDS`):
+
+    * ``"identity"``: every value within ``tolerance`` of 1, for every input and channel. The
+      identity gate of a freshly converted, untrained network is exactly 1 (its last layer is
+      zero), so it changes nothing and routes nothing: look at routing after fine-tuning;
+    * ``"constant"``: the same vector for every input (within ``tolerance``), not all 1: a
+      fixed per-channel scale, no routing (e.g. a gate whose hidden units never fire);
+    * ``"per-input"``: the gate differs between inputs: routing.
+
+    A gate seen on one input only cannot vary: it is ``"identity"`` or ``"constant"``. When
+    every gate is ``"identity"`` a ``UserWarning`` says so: there is no routing to look at.
+    """
+    if not isinstance(routing, Routing):
+        raise TypeError(f"routing must be a Routing (from capture_routing), got "
+                        f"{type(routing).__name__}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
+            tolerance >= 0):
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    kinds = {}
+    for name in routing.names:
+        gate = routing.gates[name]
+        if gate.dim() != 2 or not len(gate):
+            raise ValueError(f"the gates of {name!r} must be [inputs, channels] with at least "
+                             f"one input, got shape {list(gate.shape)}")
+        if (gate - 1).abs().max() <= tolerance:
+            kinds[name] = "identity"
+        elif (gate - gate[0]).abs().max() <= tolerance:
+            kinds[name] = "constant"
+        else:
+            kinds[name] = "per-input"
+    if kinds and set(kinds.values()) == {"identity"}:
+        warnings.warn(f"every gate of the {len(kinds)} gated children is exactly 1 on these "
+                      f"inputs: identity gates as a freshly converted, untrained network has "
+                      f"them, which route nothing; fine-tune the network first (e.g. "
+                      f"kdna.finetune(..., method='kdna_gates_4'))", UserWarning, stacklevel=2)
+    return kinds
 
 
 def routing_statistics(routing: Routing, labels: Tensor | Sequence[int]) -> RoutingStats:

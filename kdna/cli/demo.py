@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from kdna._files import write_atomically
 from kdna.analysis.nulls import label_permutation_test
-from kdna.analysis.routing import capture_routing
+from kdna.analysis.routing import capture_routing, gate_kinds
 from kdna.cli import finetune
 from kdna.cli.flags import add_flag
 from kdna.data import load_data, write_example_folder
@@ -74,9 +74,12 @@ def _routing(task, folder: Path, out: Path) -> str:
     loader = DataLoader(Subset(data.test, range(count)), batch_size=100)
     routing = capture_routing(task.model, loader)
     labels = torch.cat([y for _, y in loader])
+    varying = [n for n, kind in gate_kinds(routing).items() if kind == "per-input"]
+    if not varying:  # a constant gate's class share is no routing, however large
+        return "No gate varies between the test digits: there is no per-input routing to show."
     tests = label_permutation_test(routing, labels, permutations=200)
-    chosen = max(tests, key=lambda n: tests[n].statistic
-                 if tests[n].statistic == tests[n].statistic else -1.0)
+    tests = {name: tests[name] for name in varying}
+    chosen = max(tests, key=lambda n: tests[n].statistic)
     test = tests[chosen]
     words = (f"the gate of `{chosen}`, the child whose routing depends most on the digit: "
              f"the class explains {test.statistic:.0%} of its gate variance over {count} test "

@@ -1,8 +1,9 @@
-"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; one input's routing through
-one child in :mod:`kdna.viz.gates`; a fine-tuning run's images, curves, confusion matrix and
-mistakes in :mod:`kdna.viz.finetuning`; accuracy against a cost, with the spread over seeds,
-in :mod:`kdna.viz.tradeoffs`; each returns a ``go.Figure``) and ipywidgets explorers
-(:mod:`kdna.viz.widgets`, imported on its own).
+"""Figures and explorers: plotly figures (:mod:`kdna.viz.figures`; the mechanism itself, a
+parent beside its children and the gate's pipeline, in :mod:`kdna.viz.mechanism`; one
+input's routing through one child in :mod:`kdna.viz.gates`; a fine-tuning run's images,
+curves, confusion matrix and mistakes in :mod:`kdna.viz.finetuning`; accuracy against a
+cost, with the spread over seeds, in :mod:`kdna.viz.tradeoffs`; each returns a
+``go.Figure``) and ipywidgets explorers (:mod:`kdna.viz.widgets`, imported on its own).
 
 Needs the ``viz`` extra (plotly; the widgets also ipywidgets): ``pip install 'kdna[viz]'``.
 """
@@ -13,7 +14,6 @@ from kdna.viz.figures import (
     conversion_tradeoff,
     fit_errors,
     image_predictions,
-    kernel_family,
     layer_scores,
     recovery_curve,
     routing_heatmap,
@@ -34,11 +34,12 @@ from kdna.viz.gates import (
     gate_comparison_figure,
     gate_figure,
 )
+from kdna.viz.mechanism import gate_pipeline, kernel_family, parent_and_children
 from kdna.viz.tradeoffs import accuracy_against
 
 __all__ = ["accuracy_against", "accuracy_vs_parameters", "attribution_overlay",
            "changed_channels_html", "confident_mistakes", "confusion_heatmap",
-           "conversion_tradeoff", "effective_kernel_figure", "fit_errors",
-           "gate_comparison_figure", "gate_figure", "image_grid", "image_predictions",
-           "kernel_family", "layer_scores", "mistakes_grid", "pictures", "recovery_curve",
+           "conversion_tradeoff", "effective_kernel_figure", "fit_errors", "gate_comparison_figure",
+           "gate_figure", "gate_pipeline", "image_grid", "image_predictions", "kernel_family",
+           "layer_scores", "mistakes_grid", "parent_and_children", "pictures", "recovery_curve",
            "routing_heatmap", "routing_profile", "similarity_heatmap", "training_curves"]

@@ -70,6 +70,8 @@ class RoutingExplorer:
             model was evaluated with); uploaded files are decoded with PIL into such arrays.
         classes: the class names, in the order of the model's outputs.
         labels: the true class of each image, if known (shown under the prediction).
+        layer: the gated child shown first (default: the first in model order); a child
+            whose gate varies between inputs shows routing, one that does not shows none.
         top_k: how many boosted / suppressed channels to list.
         filters: how many output filters the kernel view shows.
 
@@ -81,7 +83,8 @@ class RoutingExplorer:
 
     def __init__(self, model: nn.Module, images: Sequence[np.ndarray],
                  transform: Callable[[np.ndarray], Tensor], *, classes: Sequence[str],
-                 labels: Sequence[int] | None = None, top_k: int = 5, filters: int = 4) -> None:
+                 labels: Sequence[int] | None = None, layer: str | None = None, top_k: int = 5,
+                 filters: int = 4) -> None:
         if not isinstance(images, Sequence) or not images:
             raise ValueError("RoutingExplorer needs a non-empty sequence of images")
         self.images = [_check_image(im, f"images[{i}]") for i, im in enumerate(images)]
@@ -96,7 +99,11 @@ class RoutingExplorer:
         self._routings: dict[int, Routing] = {}
         self._names: dict[int, str] = {}  # uploaded images' file names
         self.layers = self._routing(0).names
-        self.index, self.layer, self.comparison = 0, self.layers[0], min(1, len(self.images) - 1)
+        if layer is not None and layer not in self.layers:
+            raise ValueError(f"layer must be a gated child of the model, one of {self.layers}; "
+                             f"got {layer!r}")
+        self.index, self.comparison = 0, min(1, len(self.images) - 1)
+        self.layer = self.layers[0] if layer is None else layer
         self.figures: dict[str, go.Figure] = {}
         self._quiet = False
         self._build_controls()
