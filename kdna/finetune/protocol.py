@@ -37,8 +37,21 @@ from kdna.finetune.methods import FinetuneMethod, get_method
 from kdna.finetune.results import SELECTION_SEED
 from kdna.models import create_model, pretrained_config
 
-__all__ = ["Protocol", "ProtocolSplits", "example_batch", "pretrained_network",
+__all__ = ["Protocol", "ProtocolSplits", "check_grid", "example_batch", "pretrained_network",
            "protocol_splits", "run_key", "training_images"]
+
+
+def check_grid(lrs: tuple, seeds: tuple, given_lrs: object, given_seeds: object) -> None:
+    """A protocol's learning-rate grid and seeds: distinct positive rates; distinct integer
+    seeds, the first of them the selection seed (the one that chooses the rate). The messages
+    name ``given_lrs`` / ``given_seeds``, the values as the caller passed them."""
+    if not lrs or any(isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
+                      for v in lrs) or len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must be distinct positive learning rates, got {given_lrs!r}")
+    if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+            or seeds[0] != SELECTION_SEED or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be distinct integers starting with the selection seed "
+                         f"{SELECTION_SEED}, got {given_seeds!r}")
 
 
 @dataclass(frozen=True)
@@ -81,13 +94,7 @@ class Protocol:
             raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got "
                              f"{self.warmup!r}")
         lrs, seeds = tuple(self.lrs), tuple(self.seeds)
-        if not lrs or any(isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
-                          for v in lrs) or len(set(lrs)) != len(lrs):
-            raise ValueError(f"lrs must be distinct positive learning rates, got {self.lrs!r}")
-        if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
-                or seeds[0] != SELECTION_SEED or len(set(seeds)) != len(seeds)):
-            raise ValueError(f"seeds must be distinct integers starting with the selection "
-                             f"seed {SELECTION_SEED}, got {self.seeds!r}")
+        check_grid(lrs, seeds, self.lrs, self.seeds)
         object.__setattr__(self, "lrs", tuple(float(v) for v in lrs))
         object.__setattr__(self, "seeds", seeds)
 

@@ -29,8 +29,7 @@ import torch
 from kdna._checks import checked_replace, int_at_least, one_of, optional_positive_int, positive_int
 from kdna.data import load_data, source_key
 from kdna.data.splits import SplitView
-from kdna.finetune.protocol import ProtocolSplits
-from kdna.finetune.results import SELECTION_SEED
+from kdna.finetune.protocol import ProtocolSplits, check_grid
 from kdna.scratch.networks import base_width, get_network, list_networks
 
 __all__ = ["CPU_PROTOCOL", "GPU_PROTOCOL", "MEAN", "STD", "ScratchProtocol",
@@ -39,16 +38,6 @@ __all__ = ["CPU_PROTOCOL", "GPU_PROTOCOL", "MEAN", "STD", "ScratchProtocol",
 # The normalisation of every run: fixed, not fitted to the data (each network's first
 # BatchNorm follows its stem, so only the scale of the inputs' spread matters).
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def _check_grid(lrs: tuple, seeds: tuple, given_lrs: object, given_seeds: object) -> None:
-    if not lrs or any(isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
-                      for v in lrs) or len(set(lrs)) != len(lrs):
-        raise ValueError(f"lrs must be distinct positive learning rates, got {given_lrs!r}")
-    if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
-            or seeds[0] != SELECTION_SEED or len(set(seeds)) != len(seeds)):
-        raise ValueError(f"seeds must be distinct integers starting with the selection seed "
-                         f"{SELECTION_SEED}, got {given_seeds!r}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +80,7 @@ class ScratchProtocol:
             raise ValueError(f"momentum must lie in [0, 1) and weight_decay be >= 0, got "
                              f"{self.momentum!r} and {self.weight_decay!r}")
         lrs, seeds = tuple(self.lrs), tuple(self.seeds)
-        _check_grid(lrs, seeds, self.lrs, self.seeds)
+        check_grid(lrs, seeds, self.lrs, self.seeds)
         object.__setattr__(self, "lrs", tuple(float(v) for v in lrs))
         object.__setattr__(self, "seeds", seeds)
         names = tuple(get_network(n).name for n in self.networks)
