@@ -37,21 +37,31 @@ from kdna.finetune.methods import FinetuneMethod, get_method
 from kdna.finetune.results import SELECTION_SEED
 from kdna.models import create_model, pretrained_config
 
-__all__ = ["Protocol", "ProtocolSplits", "check_grid", "example_batch", "pretrained_network",
+__all__ = ["Protocol", "ProtocolSplits", "check_schedule", "example_batch", "pretrained_network",
            "protocol_splits", "run_key", "training_images"]
 
 
-def check_grid(lrs: tuple, seeds: tuple, given_lrs: object, given_seeds: object) -> None:
-    """A protocol's learning-rate grid and seeds: distinct positive rates; distinct integer
-    seeds, the first of them the selection seed (the one that chooses the rate). The messages
-    name ``given_lrs`` / ``given_seeds``, the values as the caller passed them."""
+def check_schedule(protocol: Any) -> None:
+    """Check the fields the fine-tuning and the from-scratch protocols share, from their
+    ``__post_init__``: ``val_fraction`` in (0, 1), ``warmup`` in [0, 1), a grid of distinct
+    positive learning rates and distinct integer seeds whose first is the selection seed (the
+    one that chooses the rate); then store ``lrs`` as floats and ``seeds`` as a tuple."""
+    if not 0 < protocol.val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got "
+                         f"{protocol.val_fraction!r}")
+    if not 0 <= protocol.warmup < 1:
+        raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got "
+                         f"{protocol.warmup!r}")
+    lrs, seeds = tuple(protocol.lrs), tuple(protocol.seeds)
     if not lrs or any(isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
                       for v in lrs) or len(set(lrs)) != len(lrs):
-        raise ValueError(f"lrs must be distinct positive learning rates, got {given_lrs!r}")
+        raise ValueError(f"lrs must be distinct positive learning rates, got {protocol.lrs!r}")
     if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
             or seeds[0] != SELECTION_SEED or len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct integers starting with the selection seed "
-                         f"{SELECTION_SEED}, got {given_seeds!r}")
+                         f"{SELECTION_SEED}, got {protocol.seeds!r}")
+    object.__setattr__(protocol, "lrs", tuple(float(v) for v in lrs))  # a frozen dataclass
+    object.__setattr__(protocol, "seeds", seeds)
 
 
 @dataclass(frozen=True)
@@ -87,16 +97,7 @@ class Protocol:
         optional_positive_int("limit", self.limit)
         for name in ("steps", "batch_size", "recovery_images"):
             positive_int(name, getattr(self, name))
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got "
-                             f"{self.val_fraction!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got "
-                             f"{self.warmup!r}")
-        lrs, seeds = tuple(self.lrs), tuple(self.seeds)
-        check_grid(lrs, seeds, self.lrs, self.seeds)
-        object.__setattr__(self, "lrs", tuple(float(v) for v in lrs))
-        object.__setattr__(self, "seeds", seeds)
+        check_schedule(self)
 
     def with_overrides(self, **overrides: Any) -> Protocol:
         """A copy with the given fields changed (``TypeError`` naming an unknown field)."""

@@ -29,7 +29,7 @@ import torch
 from kdna._checks import checked_replace, int_at_least, one_of, optional_positive_int, positive_int
 from kdna.data import load_data, source_key
 from kdna.data.splits import SplitView
-from kdna.finetune.protocol import ProtocolSplits, check_grid
+from kdna.finetune.protocol import ProtocolSplits, check_schedule
 from kdna.scratch.networks import base_width, get_network, list_networks
 
 __all__ = ["CPU_PROTOCOL", "GPU_PROTOCOL", "MEAN", "STD", "ScratchProtocol",
@@ -70,19 +70,10 @@ class ScratchProtocol:
             positive_int(name, getattr(self, name))
         one_of("optimizer", self.optimizer, ("sgd", "adamw"))
         base_width(self.width)
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got "
-                             f"{self.val_fraction!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got "
-                             f"{self.warmup!r}")
         if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
             raise ValueError(f"momentum must lie in [0, 1) and weight_decay be >= 0, got "
                              f"{self.momentum!r} and {self.weight_decay!r}")
-        lrs, seeds = tuple(self.lrs), tuple(self.seeds)
-        check_grid(lrs, seeds, self.lrs, self.seeds)
-        object.__setattr__(self, "lrs", tuple(float(v) for v in lrs))
-        object.__setattr__(self, "seeds", seeds)
+        check_schedule(self)
         names = tuple(get_network(n).name for n in self.networks)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"networks must be distinct names of kdna.scratch.NETWORKS, got "
