@@ -141,8 +141,8 @@ def test_defaults_come_from_the_committed_table():
         if row["method"] in in_place and row["lr"] is not None:
             means.setdefault(row["method"], []).append(row["val_top1_by_lr"][row["lr"]])
     assert committed.default_method() == max(means, key=lambda m: sum(means[m]) / len(means[m]))
-    gated = {m: v for m, v in means.items()
-             if METHODS[m].settings.get("gate_reduction", 1) is not None}
+    gated = {m: v for m, v in means.items() if METHODS[m].gated}
+    assert set(gated) == {"kdna_gates_4", "kdna_gates_16"}
     assert committed.default_method(gated=True) == max(gated, key=lambda m: sum(gated[m]))
     for row in rows:
         if row["lr"] is not None:

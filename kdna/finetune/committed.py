@@ -81,7 +81,9 @@ def default_method(*, gated: bool = False) -> str:
                 if "lr" in row]
         return statistics.fmean(vals) if vals else -math.inf
 
-    methods = [m for m in committed()["in_place"] if not gated or "gates" in m]
+    from kdna.finetune.methods import get_method  # the registry says which methods are gated
+
+    methods = [m for m in committed()["in_place"] if not gated or get_method(m).gated]
     if not methods:
         raise ValueError(f"no gated method among the committed in-place methods "
                          f"{committed()['in_place']}")

@@ -104,6 +104,13 @@ class FinetuneMethod:
     adapter_files: bool = False  # whether its task file is a kdna.save_adapters folder
     in_place: bool = False  # KernelDNA adapters in place: the network's function kept at start
 
+    @property
+    def gated(self) -> bool:
+        """Adapters in place whose children have input gates (per-input routing): an in-place
+        method whose settings do not turn the gate off. Methods that are not in place are not
+        counted, whatever their children have."""
+        return self.in_place and self.settings.get("gate_reduction", "auto") is not None
+
 
 @dataclass
 class Prepared:
