@@ -351,3 +351,21 @@ def test_train_at_trains_each_method_once_at_its_rate_and_caches_it(tmp_path):
     again = train_at(lrs, TINY, cache=tmp_path, pretrained=Small(), progress=False, device="cpu")
     assert again.reloaded == [True, True]
     assert [r.test_top1 for r in again.runs] == [r.test_top1 for r in first.runs]
+
+
+def test_a_cached_run_without_a_test_accuracy_is_trained_again_only_when_asked(tmp_path):
+    from kdna.finetune.runs import cached_run
+
+    untested = RunResult("m", 1e-3, 0, 0.5, None, None, 10, 100, 5, 0.1, 1000)
+    tested = dataclasses.replace(untested, test_top1=0.7, test_loss=0.9)
+    calls = []
+
+    def train(run):
+        return lambda: calls.append(run) or run
+
+    assert cached_run("k", train(untested), tmp_path) == (untested, False)
+    assert cached_run("k", train(tested), tmp_path) == (untested, True)  # a grid run: reloaded
+    assert cached_run("k", train(tested), tmp_path, tested=True) == (tested, False)
+    assert cached_run("k", train(untested), tmp_path, tested=True) == (tested, True)  # stored
+    assert calls == [untested, tested]
+    assert cached_run("k", train(tested), None, tested=True) == (tested, False)  # no cache

@@ -105,7 +105,7 @@ class _ProtocolRuns:
 
         self.bar.set_postfix_str(f"{method.name} lr={lr:g} seed={seed}")
         key = run_key(self.protocol, method, lr, seed, self.device)
-        run, reloaded = cached_run(key, train, self.cache)
+        run, reloaded = cached_run(key, train, self.cache, tested=test)
         self.reloaded += reloaded
         self.trained += not reloaded
         self.bar.update()
@@ -118,17 +118,11 @@ class _ProtocolRuns:
         model = self.models.get(run.lr)
         if model is None:
             self.bar.total += 1
-            return self._retrain(method, run)
+            return self.run(method, run.lr, run.seed, test=True)
         metrics = evaluate(model, self.splits.test, device=self.device, progress=False)
         run.test_top1, run.test_loss = metrics.top1, metrics.loss
         store_run(run_key(self.protocol, method, run.lr, run.seed, self.device), run, self.cache)
         return run
-
-    def _retrain(self, method: FinetuneMethod, run: RunResult) -> RunResult:
-        key = run_key(self.protocol, method, run.lr, run.seed, self.device)
-        if self.cache is not None:
-            (self.cache / f"{key}.json").unlink(missing_ok=True)
-        return self.run(method, run.lr, run.seed, test=True)
 
     def method(self, method: FinetuneMethod) -> tuple[MethodSummary, list[RunResult]]:
         seed0, others = self.protocol.seeds[0], self.protocol.seeds[1:]
@@ -243,10 +237,7 @@ def train_at(lrs: dict[str, float], protocol: Protocol, *, seed: int = 0,
             return train_run(name, protocol, splits, pretrained, context, lr, seed,
                              device=device)[0]
 
-        run, reloaded = cached_run(key, train, folder)
-        if run.test_top1 is None:  # cached by a comparison that did not test it
-            run, reloaded = train(), False
-            store_run(key, run, folder)
+        run, reloaded = cached_run(key, train, folder, tested=True)
         live.runs.append(run)
         live.reloaded.append(reloaded)
         live.keys.append(key)

@@ -136,13 +136,17 @@ def train_run(method: str | FinetuneMethod, protocol: Protocol, splits: Protocol
     return trained.run, trained.prepared
 
 
-def cached_run(key: str, train: Callable[[], RunResult], cache: Path | None
-               ) -> tuple[RunResult, bool]:
+def cached_run(key: str, train: Callable[[], RunResult], cache: Path | None, *,
+               tested: bool = False) -> tuple[RunResult, bool]:
     """The run cached under ``cache/<key>.json`` (and ``True``), or ``train()`` stored there
-    (and ``False``); without a cache folder, always ``train()``."""
+    (and ``False``, replacing the file); without a cache folder, always ``train()``. With
+    ``tested``, a cached run without a test accuracy (cached by a grid run that did not test
+    it) counts as missing."""
     path = None if cache is None else cache / f"{key}.json"
     if path is not None and path.exists():
-        return RunResult.from_dict(json.loads(path.read_text())), True
+        run = RunResult.from_dict(json.loads(path.read_text()))
+        if not tested or run.test_top1 is not None:
+            return run, True
     run = train()
     store_run(key, run, cache)
     return run, False

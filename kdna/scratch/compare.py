@@ -118,10 +118,7 @@ class _Runner:
 
         self.bar.set_postfix_str(f"{network} lr={lr:g} seed={seed}")
         key = scratch_key(self.protocol, network, lr, seed, self.device)
-        run, reloaded = cached_run(key, train, self.cache)
-        if test and run.test_top1 is None:  # cached by a grid run that was not tested
-            run, reloaded = train(), False
-            store_run(key, run, self.cache)
+        run, reloaded = cached_run(key, train, self.cache, tested=test)
         self.reloaded += reloaded
         self.trained += not reloaded
         self.bar.update()
