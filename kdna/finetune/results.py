@@ -21,7 +21,7 @@ from typing import Any
 from kdna._tables import markdown_table
 
 __all__ = ["SELECTION_SEED", "MethodSummary", "RunResult", "choose_lr", "comparison_table",
-           "csv_rows", "read_csv", "summarise"]
+           "csv_rows", "lr_cell", "read_csv", "summarise", "test_cell"]
 
 SELECTION_SEED = 0  # the seed whose validation accuracies choose the learning rate
 
@@ -121,12 +121,22 @@ def _row(s: MethodSummary, lrs: Sequence[float], by_label: dict[str, str], costs
         why = (f"trains exactly what {by_label[s.same_as]} trains on this network: not run "
                f"again" if s.same_as else f"failed: {s.error}")
         return [s.label, s.trains, why, "", "", "", ""]
+    speed = [] if s.throughput is None else [f"{s.throughput:.2f}x"]
+    return [s.label, s.trains, lr_cell(s, lrs), test_cell(s), f"{s.trainable:,}",
+            _size(s.task_bytes), _step_cell(s, costs), *speed]
+
+
+def lr_cell(s: MethodSummary, lrs: Sequence[float]) -> str:
+    """``"0.003 (42.0 / **87.5** / ...)"``: the chosen rate, then validation top-1 (%) at each
+    rate of the grid ``lrs``, the chosen one in bold."""
     grid = " / ".join(f"**{100 * s.val_by_lr[lr]:.1f}**" if lr == s.lr else
                       f"{100 * s.val_by_lr[lr]:.1f}" for lr in lrs if lr in s.val_by_lr)
-    speed = [] if s.throughput is None else [f"{s.throughput:.2f}x"]
-    return [s.label, s.trains, f"{s.lr:g} ({grid})",
-            f"**{100 * s.mean:.1f} ± {100 * s.std:.1f}** ({len(s.test)})", f"{s.trainable:,}",
-            _size(s.task_bytes), _step_cell(s, costs), *speed]
+    return f"{s.lr:g} ({grid})"
+
+
+def test_cell(s: MethodSummary) -> str:
+    """``"**88.5 ± 1.4** (3)"``: test top-1 (%) as mean ± sample sd, and the number of seeds."""
+    return f"**{100 * s.mean:.1f} ± {100 * s.std:.1f}** ({len(s.test)})"
 
 
 def _step_cell(s: MethodSummary, costs: bool) -> str:

@@ -30,6 +30,7 @@ from kdna._checks import checked_replace, int_at_least, one_of, optional_positiv
 from kdna.data import load_data, source_key
 from kdna.data.splits import SplitView
 from kdna.finetune.protocol import ProtocolSplits, check_schedule
+from kdna.nn.utils import default_device
 from kdna.scratch.networks import base_width, get_network, list_networks
 
 __all__ = ["CPU_PROTOCOL", "GPU_PROTOCOL", "MEAN", "STD", "ScratchProtocol",
@@ -95,8 +96,7 @@ GPU_PROTOCOL = ScratchProtocol(data="cifar100", image_size=32, train_images=None
 def committed_protocol(device: torch.device | str | None = None) -> ScratchProtocol:
     """:data:`GPU_PROTOCOL` on CUDA (CIFAR-100, downloaded to the cache root), else
     :data:`CPU_PROTOCOL` (offline MNIST); ``None``: CUDA when there is a GPU."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return GPU_PROTOCOL if device.type == "cuda" else CPU_PROTOCOL
+    return GPU_PROTOCOL if default_device(device).type == "cuda" else CPU_PROTOCOL
 
 
 def scratch_key(protocol: ScratchProtocol, network: str, lr: float, seed: int,

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdna._tables import markdown_table as table
 from kdna.finetune import results as finetune_results
-from kdna.finetune.results import MethodSummary
+from kdna.finetune.results import MethodSummary, lr_cell, test_cell
 
 __all__ = ["CLAIMS", "VERDICTS", "ScratchRow", "Verdict", "accuracy_verdict", "claims",
            "csv_rows", "markdown_table", "read_rows", "spread"]
@@ -127,18 +128,13 @@ def markdown_table(rows: Sequence[ScratchRow], lrs: Sequence[float]) -> str:
     deviation over seeds, inference throughput relative to its plain reference, seconds per
     training step and the training wall time of all its runs."""
     grid = " / ".join(f"{lr:g}" for lr in lrs)
-    lines = [f"| network | params | MACs | lr chosen (val top-1 % at {grid}) | test top-1 % "
-             f"(seeds) | throughput vs plain | s / step | training min |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for row in rows:
-        s = row.summary
-        val = " / ".join(f"**{100 * s.val_by_lr[lr]:.1f}**" if lr == s.lr else
-                         f"{100 * s.val_by_lr[lr]:.1f}" for lr in lrs if lr in s.val_by_lr)
-        speed = "" if s.throughput is None else f"{s.throughput:.2f}x"
-        lines.append(f"| {s.label} | {s.total:,} | {_macs(row.macs)} | {s.lr:g} ({val}) | "
-                     f"**{100 * s.mean:.1f} ± {100 * s.std:.1f}** ({len(s.test)}) | {speed} | "
-                     f"{s.seconds_per_step:.3f} | {row.train_seconds / 60:.1f} |")
-    return "\n".join(lines)
+    header = ["network", "params", "MACs", f"lr chosen (val top-1 % at {grid})",
+              "test top-1 % (seeds)", "throughput vs plain", "s / step", "training min"]
+    cells = [[s.label, f"{s.total:,}", _macs(row.macs), lr_cell(s, lrs), test_cell(s),
+              "" if s.throughput is None else f"{s.throughput:.2f}x",
+              f"{s.seconds_per_step:.3f}", f"{row.train_seconds / 60:.1f}"]
+             for row in rows for s in [row.summary]]
+    return table(header, cells, "lrrlrrrr")
 
 
 def csv_rows(rows: Sequence[ScratchRow], **extra: Any) -> list[dict[str, Any]]:
