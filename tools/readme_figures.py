@@ -56,8 +56,9 @@ def routing_example() -> go.Figure:
                            image_size=32, flip=False, device="cpu",
                            out=cache_root("06_routing"), progress=False)
     loader = DataLoader(result.splits.test, batch_size=100)
-    routing = capture_routing(result.model, loader)
-    labels = torch.cat([y for _, y in loader])
+    batches = list(loader)  # the digits decoded once, for the gates and their labels
+    routing = capture_routing(result.model, batches)
+    labels = torch.cat([y for _, y in batches])
     tests = label_permutation_test(routing, labels, permutations=200, seed=0)
     by_class = [name for name, kind in gate_kinds(routing).items()
                 if kind == "per-input" and tests[name].p_value < 0.01]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdna._checks import module_arg, positive_int
+from kdna._checks import instance_arg, module_arg, positive_int
 from kdna.analysis.hooks import detached_output, hooked, input_batches, resolve_layers
 from kdna.nn.conv import KernelChild
 from kdna.nn.utils import children_of
@@ -106,9 +106,7 @@ def gate_kinds(routing: Routing, *, tolerance: float = 0.0) -> dict[str, str]:
     A gate seen on one input only cannot vary: it is ``"identity"`` or ``"constant"``. When
     every gate is ``"identity"`` a ``UserWarning`` says so: there is no routing to look at.
     """
-    if not isinstance(routing, Routing):
-        raise TypeError(f"routing must be a Routing (from capture_routing), got "
-                        f"{type(routing).__name__}")
+    instance_arg("routing", routing, Routing, "a Routing (from capture_routing)")
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
             tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
@@ -140,9 +138,7 @@ def routing_statistics(routing: Routing, labels: Tensor | Sequence[int]) -> Rout
     shares weighted by variance), in [0, 1]; NaN for a gate that never varies. It is biased
     upwards with few inputs per class: class-blind gates give about ``(K - 1) / (N - 1)``.
     """
-    if not isinstance(routing, Routing):
-        raise TypeError(f"routing must be a Routing (from capture_routing), got "
-                        f"{type(routing).__name__}")
+    instance_arg("routing", routing, Routing, "a Routing (from capture_routing)")
     labels = torch.as_tensor(labels).detach().cpu()
     if labels.dim() != 1 or labels.dtype.is_floating_point or labels.is_complex():
         raise ValueError(f"labels must be a 1-D sequence of integer classes, got dtype "

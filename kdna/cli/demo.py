@@ -38,7 +38,6 @@ from kdna.data import load_data, write_example_folder
 from kdna.data.cache import cache_root
 from kdna.finetune import load_task
 from kdna.finetune.committed import default_method
-from kdna.nn.conv import KernelChild
 
 __all__ = ["BASELINE", "DEMO_ARGS", "configure", "demo_commands", "run_demo"]
 
@@ -64,16 +63,16 @@ def demo_commands(folder: Path, out: Path, steps: int | None, image_size: int | 
 
 
 def _routing(task, folder: Path, out: Path) -> str:
-    """The report's paragraph on routing; writes ``routing.html`` when plotly is there."""
-    if not any(isinstance(m, KernelChild) and m.gate is not None for m in task.model.modules()):
-        return "The method has no gates, so there is no per-input routing to show."
+    """The report's paragraph on routing; writes ``routing.html`` when plotly is there. The
+    demo's method has gates (``default_method(gated=True)``)."""
     meta = task.meta
     data = load_data(folder, image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
                      augment=False)
     count = min(200, len(data.test))
     loader = DataLoader(Subset(data.test, range(count)), batch_size=100)
-    routing = capture_routing(task.model, loader)
-    labels = torch.cat([y for _, y in loader])
+    batches = list(loader)  # the digits decoded once, for the gates and their labels
+    routing = capture_routing(task.model, batches)
+    labels = torch.cat([y for _, y in batches])
     varying = [n for n, kind in gate_kinds(routing).items() if kind == "per-input"]
     if not varying:  # a constant gate's class share is no routing, however large
         return "No gate varies between the test digits: there is no per-input routing to show."
