@@ -34,7 +34,7 @@ from kdna.finetune.protocol import (
     training_images,
 )
 from kdna.finetune.results import MethodSummary, RunResult, choose_lr, summarise
-from kdna.finetune.runs import cached_run, default_cache, store_run, train_run
+from kdna.finetune.runs import cache_folder, cached_run, store_run, train_run
 from kdna.nn.utils import default_device, device_description
 from kdna.train.evaluate import evaluate
 
@@ -174,7 +174,7 @@ def compare_methods(methods: Sequence[str | FinetuneMethod], protocol: Protocol,
     if not chosen:
         raise ValueError("compare_methods needs at least one method, got none")
     device = default_device(device)
-    folder = default_cache() if cache == "default" else None if cache is None else Path(cache)
+    folder = cache_folder(cache)
     splits = _tested_splits(protocol)
     pretrained = pretrained_network(protocol) if pretrained is None else module_arg(
         "pretrained", pretrained)
@@ -225,7 +225,7 @@ def train_at(lrs: dict[str, float], protocol: Protocol, *, seed: int = 0,
     with ``seed``, evaluated on validation and test: no choosing, e.g. to check a committed
     comparison at the rates it chose. Cached as :func:`compare_methods` caches its runs."""
     device = default_device(device)
-    folder = default_cache() if cache == "default" else None if cache is None else Path(cache)
+    folder = cache_folder(cache)
     splits = _tested_splits(protocol)
     pretrained = pretrained_network(protocol) if pretrained is None else pretrained
     context = method_context(splits, protocol)

@@ -45,8 +45,8 @@ from kdna.train.config import TrainConfig, TrainResult
 from kdna.train.evaluate import Metrics, evaluate
 from kdna.train.loop import train_classifier
 
-__all__ = ["TrainedRun", "cached_run", "default_cache", "draw", "store_run", "train_method",
-           "train_run"]
+__all__ = ["TrainedRun", "cache_folder", "cached_run", "draw", "store_run",
+           "train_method", "train_run"]
 
 
 @dataclass
@@ -161,6 +161,8 @@ def store_run(key: str, run: RunResult, cache: Path | None) -> None:
         write_atomically(cache / f"{key}.json", lambda file: file.write(text))
 
 
-def default_cache() -> Path:
-    """Where runs are cached: ``<cache root>/finetune``."""
-    return cache_root("finetune")
+def cache_folder(cache: Path | str | None, kind: str = "finetune") -> Path | None:
+    """The runs' folder for a comparison's ``cache=`` argument: ``"default"`` is
+    ``<cache root>/<kind>``, ``None`` no cache (train everything, store nothing), anything
+    else the folder it names."""
+    return cache_root(kind) if cache == "default" else None if cache is None else Path(cache)

@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 
 from kdna._checks import one_of
 from kdna.bench import compare
-from kdna.data.cache import cache_root
 from kdna.finetune.protocol import ProtocolSplits
 from kdna.finetune.results import MethodSummary, RunResult, choose_lr, summarise
-from kdna.finetune.runs import cached_run, draw, store_run
+from kdna.finetune.runs import cache_folder, cached_run, draw, store_run
 from kdna.nn.utils import count_parameters, default_device, device_description
 from kdna.scratch.networks import build_network, get_network
 from kdna.scratch.protocol import ScratchProtocol, scratch_key, scratch_splits
@@ -154,8 +153,7 @@ class _Runner:
 def _runner(protocol: ScratchProtocol, device: torch.device | str | None,
             cache: Path | str | None, progress: bool, total: int) -> _Runner:
     """A runner for ``total`` runs: the protocol's splits, the device, the cache folder."""
-    folder = cache_root("scratch") if cache == "default" else None if cache is None else Path(
-        cache)
+    folder = cache_folder(cache, "scratch")
     splits = scratch_splits(protocol)
     bar = tqdm(total=total, desc=f"training from scratch on {splits.name}", disable=not progress)
     return _Runner(protocol, splits, default_device(device), folder, bar)
@@ -201,7 +199,7 @@ def measure_networks(networks: Sequence[str], protocol: ScratchProtocol, *, num_
                                           iters=iters)}
     return {n: {"macs": results[n].macs, "images_per_second": results[n].throughput,
                 "throughput": results[n].throughput
-                / results[get_network(n).reference].throughput} for n in networks}
+                / results[get_network(n).reference].throughput} for n in names[:len(networks)]}
 
 
 
